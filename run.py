@@ -1,0 +1,28 @@
+"""Hydra entry point: `python run.py attention=torch quant=none task=generate` (see README)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_method, instantiate
+from omegaconf import DictConfig
+
+
+@hydra.main(config_path="configs", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from infer.build import build
+
+    engine = build(cfg)
+    task = get_method(cfg.task.fn)
+    metrics = task(engine, cfg)
+    metrics.update({"model": cfg.model.name, "attention": cfg.attention.name,
+                    "quant": cfg.quant.name, "spec": cfg.spec.name, "kernels": cfg.kernels.name})
+    sink = instantiate(cfg.logger.sink)
+    sink.log_summary(metrics, Path(HydraConfig.get().runtime.output_dir))
+    sink.finish()
+
+
+if __name__ == "__main__":
+    main()

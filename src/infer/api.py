@@ -1,0 +1,142 @@
+"""Notebook API shaped like vLLM's offline one: ``LLM(...).generate(prompts, params)``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from infer.build import build
+from infer.config_loader import compose_config, group_options
+from infer.outputs import RequestOutput
+from infer.sampling_params import SamplingParams
+
+PromptType = str | dict[str, Any]
+
+
+class LLM:
+    """An engine built from the same choices as the config groups.
+
+    Args:
+        model: None (embedded default), a model config name (``group_options("model")``),
+            or a path / hub id (loaded through ``model=hf``).
+        attention, quant, spec, parallel, kernels: config-group option names.
+        dtype: model dtype override ("float32" | "bfloat16" | "float16").
+        threads: torch intra-op threads (default: cores this process may use).
+        overrides: extra Hydra overrides, e.g. ["attention.block_size=32"].
+        **engine_knobs: keys of the ``engine`` config (max_num_seqs, kv_cache_tokens, ...).
+    """
+
+    def __init__(
+        self,
+        model: str | None = None,
+        attention: str = "torch",
+        quant: str = "none",
+        spec: str = "none",
+        parallel: str = "single",
+        kernels: str = "torch",
+        dtype: str | None = None,
+        threads: int | None = None,
+        overrides: list[str] | None = None,
+        **engine_knobs: Any,
+    ) -> None:
+        ov = [f"attention={attention}", f"quant={quant}", f"spec={spec}",
+              f"parallel={parallel}", f"kernels={kernels}"]
+        values: dict[str, Any] = {f"engine.{k}": v for k, v in engine_knobs.items()}
+        if model is not None:
+            if model in group_options("model"):
+                ov.append(f"model={model}")
+            else:
+                ov.append("model=hf")
+                values["model.path"] = model
+        if dtype is not None:
+            values["model.dtype"] = dtype
+        if threads is not None:
+            values["threads"] = threads
+        self.config = compose_config(ov + list(overrides or []), values)
+        self.engine = build(self.config)
+        self.model_path: Path = self.engine.model_path  # type: ignore[attr-defined]
+
+    def get_tokenizer(self) -> Any:
+        return self.engine.tokenizer
+
+    def _to_ids(self, prompt: PromptType) -> tuple[str | None, list[int]]:
+        if isinstance(prompt, str):
+            return prompt, self.engine.tokenizer.encode(prompt, add_special_tokens=False)
+        if isinstance(prompt, dict) and "prompt_token_ids" in prompt:
+            return prompt.get("prompt"), list(prompt["prompt_token_ids"])
+        if isinstance(prompt, dict) and "prompt" in prompt:
+            return self._to_ids(prompt["prompt"])
+        raise TypeError(
+            f"a prompt must be a str or a dict with 'prompt_token_ids' or 'prompt'; got {type(prompt).__name__}"
+        )
+
+    def apply_chat_template(self, messages: list[dict[str, str]]) -> list[int]:
+        """Token ids of a chat (with the generation prompt appended)."""
+        out = self.engine.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True
+        )
+        return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
+
+    def generate(
+        self,
+        prompts: PromptType | Sequence[PromptType],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        use_tqdm: bool = True,
+    ) -> list[RequestOutput]:
+        """Run all prompts to completion as one continuous batch; outputs in input order.
+
+        Every request is validated before any runs: a bad one raises ValueError naming its
+        index, and the engine stays usable.
+        """
+        plist = [prompts] if isinstance(prompts, (str, dict)) else list(prompts)
+        if sampling_params is None:
+            sampling_params = SamplingParams()
+        params = (
+            [sampling_params] * len(plist)
+            if isinstance(sampling_params, SamplingParams)
+            else list(sampling_params)
+        )
+        if len(params) != len(plist):
+            raise ValueError(f"got {len(params)} SamplingParams for {len(plist)} prompts")
+        reqs = []
+        for i, (p, sp) in enumerate(zip(plist, params)):
+            try:
+                text, ids = self._to_ids(p)
+                sp.validate()
+                self.engine.validate_prompt(ids)
+            except (ValueError, TypeError) as e:
+                raise type(e)(f"request {i}: {e}") from e
+            reqs.append((text, ids, sp))
+        rids = [self.engine.add_request(t, ids, sp) for t, ids, sp in reqs]
+        results: dict[str, RequestOutput] = {}
+        bar = _progress(len(rids), use_tqdm)
+        while len(results) < len(rids):
+            for out in self.engine.step():
+                if out.finished:
+                    results[out.request_id] = out
+                    if bar is not None:
+                        bar.update(1)
+        if bar is not None:
+            bar.close()
+        return [results[r] for r in rids]
+
+    def stream(self, prompt: PromptType, sampling_params: SamplingParams | None = None) -> Iterator[RequestOutput]:
+        """Yield the request's output after every step that advanced it (one request)."""
+        text, ids = self._to_ids(prompt)
+        sp = sampling_params or SamplingParams()
+        rid = self.engine.add_request(text, ids, sp)
+        while True:
+            outs = [o for o in self.engine.step() if o.request_id == rid]
+            for o in outs:
+                yield o
+                if o.finished:
+                    return
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    if not enabled or total < 2:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="requests", unit="req", dynamic_ncols=True)

@@ -1,0 +1,1 @@
+"""Attention backends: per-step planning plus per-layer attend over the KV cache."""

@@ -1,0 +1,75 @@
+"""``attention=torch``: the reference backend, one sequence at a time with torch SDPA.
+
+Slow but obviously correct; it is the oracle the batched backends are tested against.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from infer.attention.base import AttentionMetadata, SeqSlice, build_metadata
+
+
+def store_kv(
+    k: torch.Tensor, v: torch.Tensor, kv_cache: tuple[torch.Tensor, torch.Tensor], slots: torch.Tensor
+) -> None:
+    """Write k/v [T, Hk, D] into the caches' flat slot view at ``slots`` (int64 [T])."""
+    k_cache, v_cache = kv_cache
+    hk, d = k_cache.shape[-2:]
+    k_cache.view(-1, hk, d).index_copy_(0, slots, k.to(k_cache.dtype))
+    v_cache.view(-1, hk, d).index_copy_(0, slots, v.to(v_cache.dtype))
+
+
+def gather_context(
+    cache: torch.Tensor, block_table: torch.Tensor, ctx_len: int
+) -> torch.Tensor:
+    """The first ctx_len cached tokens of one sequence: [ctx_len, Hk, D]."""
+    bs = cache.shape[1]
+    nblocks = (ctx_len + bs - 1) // bs
+    return cache[block_table[:nblocks].long()].flatten(0, 1)[:ctx_len]
+
+
+def attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """Causal attention of the last n positions. q [n, Hq, D], k/v [c, Hk, D] -> [n, Hq, D]."""
+    n, c = q.shape[0], k.shape[0]
+    qh, kh, vh = q.transpose(0, 1), k.transpose(0, 1).to(q.dtype), v.transpose(0, 1).to(q.dtype)
+    gqa = qh.shape[0] != kh.shape[0]
+    if n == 1:
+        out = F.scaled_dot_product_attention(qh, kh, vh, scale=scale, enable_gqa=gqa)
+    else:
+        # query j sits at position c - n + j and sees keys 0..c-n+j
+        mask = torch.arange(c, device=q.device)[None, :] <= (
+            torch.arange(n, device=q.device)[:, None] + (c - n)
+        )
+        out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale, enable_gqa=gqa)
+    return out.transpose(0, 1)
+
+
+class TorchRefBackend:
+    """Reference attention: per-sequence gather + SDPA."""
+
+    name = "torch"
+
+    def plan(self, seqs: list[SeqSlice], block_size: int, device: torch.device) -> AttentionMetadata:
+        return build_metadata(seqs, block_size, device)
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        kv_cache: tuple[torch.Tensor, torch.Tensor],
+        metadata: AttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor:
+        store_kv(k, v, kv_cache, metadata.slot_mapping)
+        out = torch.empty_like(q)
+        start = 0
+        for i, (n, c) in enumerate(zip(metadata.query_lens_list, metadata.context_lens_list)):
+            bt = metadata.block_tables[i]
+            kk = gather_context(kv_cache[0], bt, c)
+            vv = gather_context(kv_cache[1], bt, c)
+            out[start : start + n] = attend_one(q[start : start + n], kk, vv, scale)
+            start += n
+        return out

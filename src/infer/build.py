@@ -1,0 +1,87 @@
+"""The one place that turns a composed config into objects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from infer.engine import Engine
+from infer.models.loader import load_model
+from infer.models.sources import resolve_model_path
+from infer.runner import KVSpec, ModelRunner
+from infer.sampling import Sampler
+from infer.scheduler import Scheduler
+from infer.utils import parse_device, parse_dtype, set_threads
+
+
+def load_tokenizer(folder: Path) -> Any:
+    """The HF tokenizer stored with the model (remote code off)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+
+
+def kv_num_blocks(e: DictConfig, bytes_per_token: int, block_size: int) -> int:
+    """Blocks from ``engine.kv_cache_tokens`` if set, else from ``engine.kv_cache_memory_gb``."""
+    if e.kv_cache_tokens:
+        tokens = int(e.kv_cache_tokens)
+    else:
+        tokens = int(float(e.kv_cache_memory_gb) * 2**30) // bytes_per_token
+    return max(tokens // block_size, 0)
+
+
+def build(cfg: DictConfig) -> Engine:
+    """Model, KV memory, attention backend, cache manager, scheduler, sampler, proposer."""
+    set_threads(cfg.get("threads"))
+    device = parse_device(cfg.get("device", "auto"))
+    dtype = parse_dtype(cfg.model.dtype)
+    folder = resolve_model_path(cfg.model.path, cfg.get("cache_dir"))
+    quant = instantiate(cfg.quant.method)
+    instantiate(cfg.parallel.context)  # validates; single-process engines need nothing more
+
+    from infer.models.config import ModelArgs
+    from infer.models.loader import load_hf_config
+
+    args = ModelArgs.from_hf(load_hf_config(folder))
+    e = cfg.engine
+    limit = args.max_position_embeddings
+    if args.sliding_window:
+        # no sliding-window attention kernels yet: serving within the window is exact
+        limit = min(limit, int(args.sliding_window))
+    max_len = int(e.max_model_len or limit)
+    if max_len > limit:
+        raise ValueError(f"engine.max_model_len={max_len} exceeds the model's limit {limit}")
+    model = load_model(folder, quant, dtype, device, max_len)
+
+    block_size = int(cfg.attention.block_size or max_len)
+    kv_dtype = dtype
+    probe = KVSpec(1, block_size, args.num_layers, args.num_kv_heads, args.head_dim, kv_dtype)
+    num_blocks = kv_num_blocks(e, probe.bytes_per_token, block_size)
+    if num_blocks * block_size < max_len:
+        raise ValueError(
+            f"KV cache holds {num_blocks * block_size} tokens, less than max_model_len={max_len}; "
+            "raise engine.kv_cache_memory_gb / engine.kv_cache_tokens or lower engine.max_model_len"
+        )
+    kv = KVSpec(num_blocks, block_size, args.num_layers, args.num_kv_heads, args.head_dim, kv_dtype)
+    backend = instantiate(cfg.attention.backend)
+    cache = instantiate(cfg.attention.cache, num_blocks=num_blocks, block_size=block_size)
+    runner = ModelRunner(model, backend, kv, device)
+    scheduler = Scheduler(
+        cache, int(e.max_num_seqs), int(e.max_num_batched_tokens), bool(e.chunked_prefill)
+    )
+    tokenizer = load_tokenizer(folder)
+    eos = list(args.eos_token_ids)
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos:
+        eos.append(tokenizer.eos_token_id)
+    engine = Engine(
+        runner, scheduler, Sampler(args.vocab_size), tokenizer, instantiate(cfg.spec.proposer),
+        max_len, args.vocab_size, eos, seed=int(e.seed),
+    )
+    engine.model_path = folder  # type: ignore[attr-defined]
+    engine.config = cfg  # type: ignore[attr-defined]
+    torch.manual_seed(int(e.seed))
+    return engine

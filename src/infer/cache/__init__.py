@@ -1,0 +1,1 @@
+"""KV cache management: block allocation, block tables, prefix reuse policies."""

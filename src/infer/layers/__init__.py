@@ -1,0 +1,1 @@
+"""Model building blocks: linear (quant-aware), norm, rotary, embedding, attention layer."""

@@ -1,0 +1,1 @@
+"""Metric sinks: console (+ metrics.json), W&B."""

@@ -1,0 +1,205 @@
+"""The Llama family in one implementation: Llama 2/3 (llama3 rope scaling), Mistral,
+Qwen2/2.5 (qkv bias, tied embeddings), Qwen3 (q/k RMSNorm), SmolLM2.
+
+Tokens of all sequences in a step are packed along one dim T (no padding); attention
+separates them through the ForwardContext's metadata.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from infer.forward_context import ForwardContext
+from infer.layers.linear import Linear
+from infer.layers.norm import RMSNorm
+from infer.layers.rotary import apply_rotary_ref, rope_cos_sin_cache
+from infer.models.config import ModelArgs
+from infer.quant.base import QuantMethod
+
+# checkpoint projection name -> (our fused module name, shard id)
+STACKED = {
+    "q_proj": ("qkv_proj", "q"),
+    "k_proj": ("qkv_proj", "k"),
+    "v_proj": ("qkv_proj", "v"),
+    "gate_proj": ("gate_up_proj", "gate"),
+    "up_proj": ("gate_up_proj", "up"),
+}
+
+
+class LlamaAttention(nn.Module):
+    """Fused qkv projection, optional q/k norm, rope, backend attention, output projection."""
+
+    def __init__(self, a: ModelArgs, layer_idx: int, quant: QuantMethod, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.nh, self.nkv, self.hd = a.num_heads, a.num_kv_heads, a.head_dim
+        self.scale = self.hd**-0.5
+        self.qkv_proj = Linear(
+            a.hidden_size, [self.nh * self.hd, self.nkv * self.hd, self.nkv * self.hd],
+            a.qkv_bias, quant, dtype, ["q", "k", "v"],
+        )
+        self.o_proj = Linear(self.nh * self.hd, a.hidden_size, a.o_bias, quant, dtype)
+        self.q_norm = RMSNorm(self.hd, a.rms_norm_eps, dtype) if a.qk_norm else None
+        self.k_norm = RMSNorm(self.hd, a.rms_norm_eps, dtype) if a.qk_norm else None
+
+    def forward(
+        self, positions: torch.Tensor, x: torch.Tensor, cos_sin: torch.Tensor, ctx: ForwardContext
+    ) -> torch.Tensor:
+        """positions int64 [T]; x [T, hidden] -> [T, hidden]."""
+        t = x.shape[0]
+        qkv = self.qkv_proj(x)
+        q, k, v = qkv.split([self.nh * self.hd, self.nkv * self.hd, self.nkv * self.hd], dim=-1)
+        q = q.reshape(t, self.nh, self.hd)
+        k = k.reshape(t, self.nkv, self.hd)
+        v = v.reshape(t, self.nkv, self.hd)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rotary_ref(positions, q, k, cos_sin)
+        o = ctx.backend.forward(q, k, v, ctx.kv_caches[self.layer_idx], ctx.metadata, self.scale)
+        return self.o_proj(o.reshape(t, self.nh * self.hd))
+
+
+class LlamaMLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x)) with gate|up fused."""
+
+    def __init__(self, a: ModelArgs, quant: QuantMethod, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.inter = a.intermediate_size
+        self.gate_up_proj = Linear(
+            a.hidden_size, [self.inter, self.inter], a.mlp_bias, quant, dtype, ["gate", "up"]
+        )
+        self.down_proj = Linear(self.inter, a.hidden_size, a.mlp_bias, quant, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gu = self.gate_up_proj(x)
+        return self.down_proj(F.silu(gu[:, : self.inter]) * gu[:, self.inter :])
+
+
+class LlamaDecoderLayer(nn.Module):
+    """Pre-norm block; the residual stream is carried separately so norms can fuse the add."""
+
+    def __init__(self, a: ModelArgs, idx: int, quant: QuantMethod, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.self_attn = LlamaAttention(a, idx, quant, dtype)
+        self.mlp = LlamaMLP(a, quant, dtype)
+        self.input_layernorm = RMSNorm(a.hidden_size, a.rms_norm_eps, dtype)
+        self.post_attention_layernorm = RMSNorm(a.hidden_size, a.rms_norm_eps, dtype)
+
+    def forward(
+        self,
+        positions: torch.Tensor,
+        x: torch.Tensor,
+        residual: torch.Tensor | None,
+        cos_sin: torch.Tensor,
+        ctx: ForwardContext,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if residual is None:
+            residual = x
+            x = self.input_layernorm(x)
+        else:
+            x, residual = self.input_layernorm(x, residual)
+        x = self.self_attn(positions, x, cos_sin, ctx)
+        x, residual = self.post_attention_layernorm(x, residual)
+        return self.mlp(x), residual
+
+
+class LlamaForCausalLM(nn.Module):
+    """Decoder stack + LM head. ``forward`` returns final hidden states [T, hidden];
+    ``compute_logits`` maps selected rows to fp32 logits [N, vocab]."""
+
+    def __init__(
+        self, args: ModelArgs, quant: QuantMethod, dtype: torch.dtype, max_positions: int
+    ) -> None:
+        super().__init__()
+        self.args = args
+        # _weight=empty skips the random init: the loader overwrites it anyway
+        self.embed_tokens = nn.Embedding(
+            args.vocab_size, args.hidden_size,
+            _weight=torch.empty(args.vocab_size, args.hidden_size, dtype=dtype), _freeze=True,
+        )
+        self.layers = nn.ModuleList(
+            [LlamaDecoderLayer(args, i, quant, dtype) for i in range(args.num_layers)]
+        )
+        self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps, dtype)
+        if args.tie_word_embeddings:
+            self.lm_head = None
+        else:
+            self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False, dtype=dtype,
+                                     device="meta").to_empty(device=torch.get_default_device())
+            self.lm_head.weight.requires_grad_(False)
+        self.max_positions = max_positions
+        # cos/sin filled by init_rope() once the weights are loaded
+        self.register_buffer("cos_sin", torch.empty(max_positions, args.head_dim), persistent=False)
+
+    def init_rope(self) -> None:
+        """Fill the cos/sin table (call after moving off the meta device)."""
+        a = self.args
+        self.cos_sin = rope_cos_sin_cache(
+            a.head_dim, self.max_positions, a.rope_theta, a.rope_scaling
+        ).to(self.embed_tokens.weight.device)
+
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext
+    ) -> torch.Tensor:
+        """input_ids, positions: int64 [T] -> hidden [T, hidden] (model dtype)."""
+        x = self.embed_tokens(input_ids)
+        residual = None
+        for layer in self.layers:
+            x, residual = layer(positions, x, residual, self.cos_sin, ctx)
+        x, _ = self.norm(x, residual)
+        return x
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [N, hidden] -> fp32 logits [N, vocab]."""
+        w = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(hidden, w).float()
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        """Copy checkpoint tensors (HF names) into parameters, one at a time.
+
+        Returns the set of parameter names that were filled; raises on unknown names.
+        """
+        params = dict(self.named_parameters())
+        loaded: set[str] = set()
+        for name, tensor in weights:
+            if "rotary_emb.inv_freq" in name:
+                continue
+            name = name.removeprefix("model.")
+            if name == "lm_head.weight" and self.lm_head is None:
+                continue  # tied to the embedding
+            shard = None
+            for ckpt, (fused, sid) in STACKED.items():
+                if f".{ckpt}." in name:
+                    name, shard = name.replace(f".{ckpt}.", f".{fused}."), sid
+                    break
+            if name not in params:
+                raise ValueError(f"checkpoint tensor {name!r} has no matching model parameter")
+            p = params[name]
+            loader = getattr(p, "weight_loader", None)
+            if loader is not None:
+                loader(p, tensor, shard)
+            else:
+                if tuple(p.shape) != tuple(tensor.shape):
+                    raise ValueError(
+                        f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, "
+                        f"model expects {tuple(p.shape)}"
+                    )
+                p.data.copy_(tensor)
+            loaded.add(name if shard is None else f"{name}:{shard}")
+        return loaded
+
+    def expected_weights(self) -> set[str]:
+        """Names ``load_weights`` must have filled for a complete checkpoint."""
+        names: set[str] = set()
+        for n, p in self.named_parameters():
+            mod = self.get_submodule(n.rsplit(".", 1)[0]) if "." in n else self
+            shards = getattr(mod, "shard_names", None)
+            if isinstance(mod, Linear) and len(mod.out_sizes) > 1:
+                names.update(f"{n}:{s}" for s in shards)  # type: ignore[union-attr]
+            else:
+                names.add(n)
+        return names

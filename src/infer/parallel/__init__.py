@@ -1,0 +1,1 @@
+"""Parallelism: ParallelContext and strategies."""

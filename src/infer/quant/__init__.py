@@ -1,0 +1,1 @@
+"""Quantization methods: each owns the math of a linear layer's weights."""

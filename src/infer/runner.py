@@ -1,0 +1,79 @@
+"""ModelRunner: owns the model and the KV memory, builds per-step tensors, runs forward."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from infer.attention.base import AttentionBackend, SeqSlice
+from infer.forward_context import ForwardContext
+from infer.models.llama import LlamaForCausalLM
+from infer.scheduler import ScheduledSeq
+
+
+@dataclass(frozen=True)
+class KVSpec:
+    """Geometry of the paged KV memory."""
+
+    num_blocks: int
+    block_size: int
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    dtype: torch.dtype
+
+    @property
+    def bytes_per_token(self) -> int:
+        elem = torch.empty((), dtype=self.dtype).element_size()
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * elem
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_blocks * self.block_size
+
+
+class ModelRunner:
+    """Runs one forward over the packed tokens of a scheduled batch."""
+
+    def __init__(
+        self,
+        model: LlamaForCausalLM,
+        backend: AttentionBackend,
+        kv: KVSpec,
+        device: torch.device,
+    ) -> None:
+        self.model = model
+        self.backend = backend
+        self.kv = kv
+        self.device = device
+        shape = (kv.num_blocks, kv.block_size, kv.num_kv_heads, kv.head_dim)
+        self.kv_caches = [
+            (torch.zeros(shape, dtype=kv.dtype, device=device),
+             torch.zeros(shape, dtype=kv.dtype, device=device))
+            for _ in range(kv.num_layers)
+        ]
+
+    @torch.inference_mode()
+    def execute(
+        self, batch: list[ScheduledSeq], block_tables: list[list[int]], logit_rows: list[int]
+    ) -> torch.Tensor:
+        """Forward the batch's new tokens; return fp32 logits [len(logit_rows), vocab] for the
+        given flat token rows (row r = r-th new token of the packed batch)."""
+        ids: list[int] = []
+        pos: list[int] = []
+        slices = []
+        for item, table in zip(batch, block_tables):
+            s, start = item.seq, item.seq.num_computed_tokens
+            ids.extend(s.tokens[start : start + item.num_new])
+            pos.extend(range(start, start + item.num_new))
+            slices.append(SeqSlice(start, item.num_new, table))
+        md = self.backend.plan(slices, self.kv.block_size, self.device)
+        ctx = ForwardContext(self.backend, md, self.kv_caches)
+        hidden = self.model(
+            torch.tensor(ids, dtype=torch.long, device=self.device),
+            torch.tensor(pos, dtype=torch.long, device=self.device),
+            ctx,
+        )
+        rows = torch.tensor(logit_rows, dtype=torch.long, device=self.device)
+        return self.model.compute_logits(hidden.index_select(0, rows))

@@ -1,0 +1,1 @@
+"""Tasks run.py can perform with a built engine (task=generate, ...)."""
