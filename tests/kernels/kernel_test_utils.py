@@ -38,14 +38,22 @@ def float_dtypes() -> list:
     return [torch.float32, torch.float16, bf16]
 
 
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype | None = None,
-                 atol: float | None = None, rtol: float | None = None) -> None:
+def assert_close(
+    actual: torch.Tensor,
+    expected: torch.Tensor,
+    dtype: torch.dtype | None = None,
+    atol: float | None = None,
+    rtol: float | None = None,
+) -> None:
     """Compare in fp32 with the per-dtype tolerance; NaN anywhere (poisoned output) fails."""
     a_tol, r_tol = TOL[dtype or expected.dtype]
     assert not torch.isnan(actual.float()).any(), "output has NaN: some elements were not written"
-    torch.testing.assert_close(actual.float(), expected.float(),
-                               atol=a_tol if atol is None else atol,
-                               rtol=r_tol if rtol is None else rtol)
+    torch.testing.assert_close(
+        actual.float(),
+        expected.float(),
+        atol=a_tol if atol is None else atol,
+        rtol=r_tol if rtol is None else rtol,
+    )
 
 
 class PagedKV:
@@ -57,8 +65,9 @@ class PagedKV:
     computed without reading the cache: the oracle for the naive dense-math tests.
     """
 
-    def __init__(self, context_lens, num_kv_heads, head_dim, block_size, dtype, cache_dtype=None,
-                 seed=0):
+    def __init__(
+        self, context_lens, num_kv_heads, head_dim, block_size, dtype, cache_dtype=None, seed=0
+    ):
         from infer_kernels.reference import quantize_last_dim, store_kvcache_ref
 
         g = torch.Generator().manual_seed(seed)

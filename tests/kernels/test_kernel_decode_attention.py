@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_test_utils import DEVICE, PagedKV, assert_close, float_dtypes, poison
-
 from infer_kernels.decode_attention import (
     default_num_splits,
     paged_decode_attention,
     paged_decode_attention_ref,
 )
+from kernel_test_utils import DEVICE, PagedKV, assert_close, float_dtypes, poison
 
 # (num_heads, num_kv_heads, head_dim, block_size, context_lens, num_splits)
 SHAPES = [
@@ -28,8 +27,6 @@ SHAPES = [
 @pytest.mark.parametrize("dtype", float_dtypes())
 @pytest.mark.parametrize("num_heads,kv_heads,head_dim,block_size,lens,splits", SHAPES)
 def test_decode_matches_reference(dtype, num_heads, kv_heads, head_dim, block_size, lens, splits):
-    if dtype == torch.float32 and max(lens) > 1000 and splits is None:
-        pytest.skip("covered by fp16; keeps the interpreter run short")
     kv = PagedKV(lens, kv_heads, head_dim, block_size, dtype)
     q = torch.randn(len(lens), num_heads, head_dim, generator=torch.Generator().manual_seed(1))
     q = q.to(dtype).to(DEVICE)
@@ -46,8 +43,16 @@ def test_decode_quantized_kv(cache_dtype, splits):
     dtype = torch.float16
     kv = PagedKV([1, 40, 77], 2, 64, 16, dtype, cache_dtype)
     q = torch.randn(3, 6, 64, generator=torch.Generator().manual_seed(2)).to(dtype).to(DEVICE)
-    args = (q, kv.k_cache, kv.v_cache, kv.block_tables, kv.context_lens, 0.125, kv.k_scale,
-            kv.v_scale)
+    args = (
+        q,
+        kv.k_cache,
+        kv.v_cache,
+        kv.block_tables,
+        kv.context_lens,
+        0.125,
+        kv.k_scale,
+        kv.v_scale,
+    )
     out = paged_decode_attention(*args, num_splits=splits, out=poison(q))
     assert_close(out, paged_decode_attention_ref(*args), dtype)
 
@@ -55,8 +60,9 @@ def test_decode_quantized_kv(cache_dtype, splits):
 def test_context_zero_gives_zeros():
     kv = PagedKV([0, 3], 1, 64, 16, torch.float32)
     q = torch.randn(2, 2, 64).to(DEVICE)
-    out = paged_decode_attention(q, kv.k_cache, kv.v_cache, kv.block_tables, kv.context_lens, 0.1,
-                                 out=poison(q))
+    out = paged_decode_attention(
+        q, kv.k_cache, kv.v_cache, kv.block_tables, kv.context_lens, 0.1, out=poison(q)
+    )
     assert torch.equal(out[0], torch.zeros_like(out[0]))
 
 
@@ -73,9 +79,11 @@ def test_decode_rejects_bad_input():
         paged_decode_attention(q, kv.k_cache, kv.v_cache, kv.block_tables, kv.context_lens, 0.1)
     q = torch.randn(1, 4, 64).to(DEVICE)
     with pytest.raises(ValueError, match="block_tables dtype"):
-        paged_decode_attention(q, kv.k_cache, kv.v_cache, kv.block_tables.long(),
-                               kv.context_lens, 0.1)
+        paged_decode_attention(
+            q, kv.k_cache, kv.v_cache, kv.block_tables.long(), kv.context_lens, 0.1
+        )
     qkv = PagedKV([3], 2, 64, 16, torch.float16, torch.int8)
     with pytest.raises(ValueError, match="k_scale and v_scale are required"):
-        paged_decode_attention(q.half(), qkv.k_cache, qkv.v_cache, qkv.block_tables,
-                               qkv.context_lens, 0.1)
+        paged_decode_attention(
+            q.half(), qkv.k_cache, qkv.v_cache, qkv.block_tables, qkv.context_lens, 0.1
+        )

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_test_utils import DEVICE, PagedKV, assert_close, float_dtypes, poison
-
 from infer_kernels.decode_attention import paged_decode_attention_ref
 from infer_kernels.prefill_attention import paged_prefill_attention, paged_prefill_attention_ref
+from kernel_test_utils import DEVICE, PagedKV, assert_close, float_dtypes, poison
 
 
 def _qsl(query_lens):
@@ -42,8 +41,17 @@ def test_prefill_quantized_kv(cache_dtype):
     kv = PagedKV(lens, 2, 64, 16, dtype, cache_dtype)
     q = torch.randn(sum(qlens), 4, 64, generator=torch.Generator().manual_seed(4))
     q = q.to(dtype).to(DEVICE)
-    args = (q, kv.k_cache, kv.v_cache, kv.block_tables, _qsl(qlens), kv.context_lens, 0.125,
-            kv.k_scale, kv.v_scale)
+    args = (
+        q,
+        kv.k_cache,
+        kv.v_cache,
+        kv.block_tables,
+        _qsl(qlens),
+        kv.context_lens,
+        0.125,
+        kv.k_scale,
+        kv.v_scale,
+    )
     out = paged_prefill_attention(*args, out=poison(q))
     assert_close(out, paged_prefill_attention_ref(*args), dtype)
 
@@ -54,19 +62,22 @@ def test_prefill_last_row_equals_decode():
     kv = PagedKV(lens, 2, 64, 16, torch.float32)
     qsl = _qsl(qlens)
     q = torch.randn(sum(qlens), 8, 64).to(DEVICE)
-    out = paged_prefill_attention(q, kv.k_cache, kv.v_cache, kv.block_tables, qsl,
-                                  kv.context_lens, 0.125)
+    out = paged_prefill_attention(
+        q, kv.k_cache, kv.v_cache, kv.block_tables, qsl, kv.context_lens, 0.125
+    )
     last = qsl[1:].long() - 1
-    dec = paged_decode_attention_ref(q[last], kv.k_cache, kv.v_cache, kv.block_tables,
-                                     kv.context_lens, 0.125)
+    dec = paged_decode_attention_ref(
+        q[last], kv.k_cache, kv.v_cache, kv.block_tables, kv.context_lens, 0.125
+    )
     assert_close(out[last], dec, torch.float32)
 
 
 def test_prefill_rows_past_query_start_loc_untouched():
     kv = PagedKV([4], 1, 64, 16, torch.float32)
     q = torch.randn(6, 2, 64).to(DEVICE)  # 2 padding rows after the 4 real ones
-    out = paged_prefill_attention(q, kv.k_cache, kv.v_cache, kv.block_tables, _qsl([4]),
-                                  kv.context_lens, 0.125, out=poison(q))
+    out = paged_prefill_attention(
+        q, kv.k_cache, kv.v_cache, kv.block_tables, _qsl([4]), kv.context_lens, 0.125, out=poison(q)
+    )
     assert not torch.isnan(out[:4]).any() and torch.isnan(out[4:]).all()
 
 
@@ -74,5 +85,6 @@ def test_prefill_rejects_bad_query_start_loc():
     kv = PagedKV([4, 4], 1, 64, 16, torch.float32)
     q = torch.randn(8, 2, 64).to(DEVICE)
     with pytest.raises(ValueError, match="query_start_loc must have shape"):
-        paged_prefill_attention(q, kv.k_cache, kv.v_cache, kv.block_tables, _qsl([8]),
-                                kv.context_lens, 0.1)
+        paged_prefill_attention(
+            q, kv.k_cache, kv.v_cache, kv.block_tables, _qsl([8]), kv.context_lens, 0.1
+        )
