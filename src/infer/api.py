@@ -20,7 +20,8 @@ class LLM:
     Args:
         model: None (embedded default), a model config name (``group_options("model")``),
             or a path / hub id (loaded through ``model=hf``).
-        attention, quant, spec, parallel, kernels: config-group option names.
+        attention, quant, spec, parallel, kernels: config-group option names (None = the
+            default in configs/config.yaml).
         dtype: model dtype override ("float32" | "bfloat16" | "float16").
         threads: torch intra-op threads (default: cores this process may use).
         overrides: extra Hydra overrides, e.g. ["attention.block_size=32"].
@@ -30,18 +31,19 @@ class LLM:
     def __init__(
         self,
         model: str | None = None,
-        attention: str = "torch",
-        quant: str = "none",
-        spec: str = "none",
-        parallel: str = "single",
-        kernels: str = "torch",
+        attention: str | None = None,
+        quant: str | None = None,
+        spec: str | None = None,
+        parallel: str | None = None,
+        kernels: str | None = None,
         dtype: str | None = None,
         threads: int | None = None,
         overrides: list[str] | None = None,
         **engine_knobs: Any,
     ) -> None:
-        ov = [f"attention={attention}", f"quant={quant}", f"spec={spec}",
-              f"parallel={parallel}", f"kernels={kernels}"]
+        groups = {"attention": attention, "quant": quant, "spec": spec,
+                  "parallel": parallel, "kernels": kernels}
+        ov = [f"{g}={v}" for g, v in groups.items() if v is not None]
         values: dict[str, Any] = {f"engine.{k}": v for k, v in engine_knobs.items()}
         if model is not None:
             if model in group_options("model"):

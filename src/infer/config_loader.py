@@ -35,7 +35,9 @@ def compose_config(overrides: list[str] | None = None, values: dict[str, Any] | 
     for key, val in (values or {}).items():
         parent_key, _, leaf = key.rpartition(".")
         parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
-        if not isinstance(parent, DictConfig) or leaf not in parent:
+        # keys(), not `in`: OmegaConf's `in` is False for a key whose value is still
+        # missing (???), which is exactly the case for model.path under model=hf
+        if not isinstance(parent, DictConfig) or leaf not in parent.keys():
             allowed = sorted(parent.keys()) if isinstance(parent, DictConfig) else []
             raise ValueError(f"unknown option {key!r}; valid keys here: {allowed}")
         with open_dict(cfg):

@@ -25,7 +25,7 @@ class Logprob:
     decoded_token: str | None = None
 
 
-@dataclass
+@dataclass(eq=False)  # identity equality: list membership must not compare fields
 class Sequence:
     """One generation stream. ``tokens`` = prompt + output; the KV of the first
     ``num_computed_tokens`` of them is in the cache."""

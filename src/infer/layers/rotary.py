@@ -65,3 +65,27 @@ def apply_rotary_ref(
         return out if rd == x.shape[-1] else torch.cat([out, x[..., rd:]], dim=-1)
 
     return rot(q), rot(k)
+
+
+def rope_cos_sin(positions: torch.Tensor, cos_sin: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-step rope factors, computed once and shared by all layers.
+
+    Returns cos, sin of shape [T, 1, rot_dim] (each half-table repeated twice, neox layout).
+    """
+    cs = cos_sin.index_select(0, positions)
+    half = cs.shape[-1] // 2
+    cos, sin = cs[:, :half], cs[:, half:]
+    # the sign of rotate_half is folded into sin, so applying rope needs a roll, not neg+cat
+    return (
+        torch.cat([cos, cos], -1).unsqueeze(1).to(dtype),
+        torch.cat([-sin, sin], -1).unsqueeze(1).to(dtype),
+    )
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+    """Rotate x [T, H, D] with per-step factors [T, 1, rot_dim] from ``rope_cos_sin``
+    (rot_dim <= D): x*cos + rotate_half(x)*sin, neox layout. Returns a new tensor."""
+    rd = cos.shape[-1]
+    xr = x[..., :rd] if rd != x.shape[-1] else x
+    out = xr * cos + torch.roll(xr, rd // 2, dims=-1) * sin_signed
+    return out if rd == x.shape[-1] else torch.cat([out, x[..., rd:]], dim=-1)

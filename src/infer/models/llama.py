@@ -16,7 +16,7 @@ from torch import nn
 from infer.forward_context import ForwardContext
 from infer.layers.linear import Linear
 from infer.layers.norm import RMSNorm
-from infer.layers.rotary import apply_rotary_ref, rope_cos_sin_cache
+from infer.layers.rotary import apply_rope, rope_cos_sin, rope_cos_sin_cache
 from infer.models.config import ModelArgs
 from infer.quant.base import QuantMethod
 
@@ -47,18 +47,20 @@ class LlamaAttention(nn.Module):
         self.k_norm = RMSNorm(self.hd, a.rms_norm_eps, dtype) if a.qk_norm else None
 
     def forward(
-        self, positions: torch.Tensor, x: torch.Tensor, cos_sin: torch.Tensor, ctx: ForwardContext
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], ctx: ForwardContext
     ) -> torch.Tensor:
-        """positions int64 [T]; x [T, hidden] -> [T, hidden]."""
+        """x [T, hidden]; rope = per-step (cos, sin) [T, 1, rot_dim] -> [T, hidden]."""
         t = x.shape[0]
         qkv = self.qkv_proj(x)
-        q, k, v = qkv.split([self.nh * self.hd, self.nkv * self.hd, self.nkv * self.hd], dim=-1)
-        q = q.reshape(t, self.nh, self.hd)
-        k = k.reshape(t, self.nkv, self.hd)
-        v = v.reshape(t, self.nkv, self.hd)
+        nq, nk = self.nh * self.hd, self.nkv * self.hd
+        v = qkv[:, nq + nk :].reshape(t, self.nkv, self.hd)
         if self.q_norm is not None and self.k_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rotary_ref(positions, q, k, cos_sin)
+            q = apply_rope(self.q_norm(qkv[:, :nq].reshape(t, self.nh, self.hd)), *rope)
+            k = apply_rope(self.k_norm(qkv[:, nq : nq + nk].reshape(t, self.nkv, self.hd)), *rope)
+        else:
+            # q and k are adjacent in qkv: rotate both heads groups in one pass
+            qk = apply_rope(qkv[:, : nq + nk].reshape(t, self.nh + self.nkv, self.hd), *rope)
+            q, k = qk[:, : self.nh], qk[:, self.nh :]
         o = ctx.backend.forward(q, k, v, ctx.kv_caches[self.layer_idx], ctx.metadata, self.scale)
         return self.o_proj(o.reshape(t, self.nh * self.hd))
 
@@ -91,10 +93,9 @@ class LlamaDecoderLayer(nn.Module):
 
     def forward(
         self,
-        positions: torch.Tensor,
         x: torch.Tensor,
         residual: torch.Tensor | None,
-        cos_sin: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
         ctx: ForwardContext,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if residual is None:
@@ -102,7 +103,7 @@ class LlamaDecoderLayer(nn.Module):
             x = self.input_layernorm(x)
         else:
             x, residual = self.input_layernorm(x, residual)
-        x = self.self_attn(positions, x, cos_sin, ctx)
+        x = self.self_attn(x, rope, ctx)
         x, residual = self.post_attention_layernorm(x, residual)
         return self.mlp(x), residual
 
@@ -147,9 +148,10 @@ class LlamaForCausalLM(nn.Module):
     ) -> torch.Tensor:
         """input_ids, positions: int64 [T] -> hidden [T, hidden] (model dtype)."""
         x = self.embed_tokens(input_ids)
+        rope = rope_cos_sin(positions, self.cos_sin, x.dtype)
         residual = None
         for layer in self.layers:
-            x, residual = layer(positions, x, residual, self.cos_sin, ctx)
+            x, residual = layer(x, residual, rope, ctx)
         x, _ = self.norm(x, residual)
         return x
 

@@ -6,25 +6,52 @@ checkpoint tensor (memory-mapped) is copied into place before the next is read.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
 from infer.layers.linear import Linear
 from infer.models.checkpoint import CheckpointError, iter_safetensors
-from infer.models.config import ModelArgs
-from infer.models.llama import LlamaForCausalLM
+from infer.models.config import SUPPORTED_MODEL_TYPES, ModelArgs
+from infer.models.llama import STACKED, LlamaForCausalLM
 from infer.quant.base import QuantMethod
 
 
 def load_hf_config(folder: Path):  # type: ignore[no-untyped-def]
-    """transformers config of a local folder (remote code stays off)."""
+    """transformers config of a local folder (remote code stays off).
+
+    The model_type is checked against the supported families first, so an architecture
+    transformers does not know (or one we do not implement) fails with the supported list.
+    """
     from transformers import AutoConfig
 
+    cfg_file = folder / "config.json"
+    try:
+        model_type = json.loads(cfg_file.read_text()).get("model_type")
+    except (OSError, json.JSONDecodeError, AttributeError) as e:
+        raise CheckpointError(f"cannot read {cfg_file}: {e}") from e
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise CheckpointError(
+            f"unsupported model_type {model_type!r} in {cfg_file}; "
+            f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
     try:
         return AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
     except Exception as e:
         raise CheckpointError(f"cannot read config.json in {folder}: {e}") from e
+
+
+def checkpoint_name(name: str) -> str:
+    """Our parameter name (``layers.0.self_attn.qkv_proj.weight:k``) -> the HF checkpoint
+    tensor name (``model.layers.0.self_attn.k_proj.weight``), for error messages."""
+    name, _, shard = name.partition(":")
+    if shard:
+        for ckpt, (fused, sid) in STACKED.items():
+            if sid == shard and f".{fused}." in name:
+                name = name.replace(f".{fused}.", f".{ckpt}.")
+                break
+    return name if name.startswith("lm_head.") else f"model.{name}"
 
 
 def load_model(
@@ -41,11 +68,11 @@ def load_model(
     with torch.device(device):
         model = LlamaForCausalLM(args, quant, dtype, max_positions)
     loaded = model.load_weights(iter_safetensors(folder))
-    missing = model.expected_weights() - loaded
+    missing = sorted(checkpoint_name(n) for n in model.expected_weights() - loaded)
     if missing:
         raise CheckpointError(
             f"checkpoint in {folder} is incomplete: {len(missing)} tensors missing, "
-            f"e.g. {sorted(missing)[:5]}"
+            f"e.g. {missing[:5]}"
         )
     for m in model.modules():
         if isinstance(m, Linear):

@@ -95,6 +95,8 @@ def resolve_model_path(path: str | None, cache_dir: str | Path | None = None) ->
         if not p.is_file():
             raise FileNotFoundError(f"GGUF file not found: {p}")
         return _atomic_build(cache / "models" / f"{p.stem}-hf", lambda d: gguf_to_hf(p, d))
+    if not p.exists() and (path.startswith((".", "/", "~")) or path.count("/") > 1):
+        raise FileNotFoundError(f"model.path={path!r}: no such file or folder ({p})")
     if p.exists() or path.startswith((".", "/", "~")) or path.count("/") != 1:
         raise FileNotFoundError(
             f"model.path={path!r} is neither an HF folder, a .gguf file, a builtin:tiny-* preset "

@@ -1,0 +1,6 @@
+"""Accuracy and throughput measurement on top of the engine.
+
+data (texts and token windows), scoring (logits through the engine's real runner),
+perplexity, divergence from a reference configuration, greedy agreement, workloads,
+the bench loop, the HF transformers baseline and the Pareto front.
+"""
