@@ -28,7 +28,7 @@ def next_pow2(n: int) -> int:
 
 
 def dot_precision(dtype: torch.dtype) -> str:
-    """fp32 operands use exact IEEE products (matches the fp32 torch reference); others ignore it."""
+    """fp32 operands: exact IEEE products (to match the fp32 reference); other dtypes ignore it."""
     return "ieee" if dtype == torch.float32 else "tf32"
 
 

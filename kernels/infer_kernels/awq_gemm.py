@@ -21,25 +21,11 @@ __all__ = ["awq_dequantize_ref", "awq_gemm", "awq_gemm_ref", "awq_pack", "awq_un
 
 @triton.jit
 def _awq_gemm_kernel(
-    x_ptr,
-    qweight_ptr,
-    qzeros_ptr,
-    scales_ptr,
-    out_ptr,
-    M,
-    N,
-    K,
-    stride_xm,
-    stride_qwk,
-    stride_qzg,
-    stride_sg,
-    stride_om,
-    GROUP_SIZE: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
+    x_ptr, qweight_ptr, qzeros_ptr, scales_ptr, out_ptr, M, N, K, stride_xm, stride_qwk,
+    stride_qzg, stride_sg, stride_om,
+    GROUP_SIZE: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -111,25 +97,9 @@ def awq_gemm(
     block_n = 64 if m <= 16 else 128
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
     _awq_gemm_kernel[grid](
-        x,
-        qweight,
-        qzeros,
-        scales,
-        out,
-        m,
-        n,
-        k,
-        x.stride(0),
-        qweight.stride(0),
-        qzeros.stride(0),
-        scales.stride(0),
-        out.stride(0),
-        GROUP_SIZE=group_size,
-        DOT_PRECISION=dot_precision(x.dtype),
-        BLOCK_M=block_m,
-        BLOCK_N=block_n,
-        BLOCK_K=block_k,
-        num_warps=4,
-        num_stages=3,
-    )
+        x, qweight, qzeros, scales, out, m, n, k, x.stride(0), qweight.stride(0), qzeros.stride(0),
+        scales.stride(0), out.stride(0), GROUP_SIZE=group_size,
+        DOT_PRECISION=dot_precision(x.dtype), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+        num_warps=4, num_stages=3,
+    )  # fmt: skip
     return out

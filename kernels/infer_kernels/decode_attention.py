@@ -30,42 +30,16 @@ NEG_BIG = tl.constexpr(-1.0e30)
 
 @triton.jit
 def _decode_partition_kernel(
-    q_ptr,
-    k_cache_ptr,
-    v_cache_ptr,
-    k_scale_ptr,
-    v_scale_ptr,
-    block_tables_ptr,
-    context_lens_ptr,
-    out_ptr,
-    part_max_ptr,
-    part_sum_ptr,
-    part_acc_ptr,
-    qk_scale,  # softmax scale * log2(e): we use exp2
-    stride_qs,
-    stride_qh,
-    stride_kb,
-    stride_kt,
-    stride_kh,
-    stride_vb,
-    stride_vt,
-    stride_vh,
-    stride_sb,
-    stride_st,
-    stride_sh,  # shared by k_scale and v_scale (same shape, contiguous)
-    stride_bts,
-    stride_os,
-    stride_oh,
-    NUM_HEADS: tl.constexpr,
-    GROUP: tl.constexpr,
-    BLOCK_G: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr,
-    NUM_SPLITS: tl.constexpr,
-    KV_QUANT: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
-):
+    q_ptr, k_cache_ptr, v_cache_ptr, k_scale_ptr, v_scale_ptr, block_tables_ptr, context_lens_ptr,
+    out_ptr, part_max_ptr, part_sum_ptr, part_acc_ptr,
+    qk_scale,  # softmax scale * log2(e): the kernel uses exp2
+    stride_qs, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
+    stride_sb, stride_st, stride_sh,  # shared by k_scale and v_scale (same shape, contiguous)
+    stride_bts, stride_os, stride_oh,
+    NUM_HEADS: tl.constexpr, GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr, NUM_SPLITS: tl.constexpr,
+    KV_QUANT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):  # fmt: skip
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -150,18 +124,10 @@ def _decode_partition_kernel(
 
 @triton.jit
 def _decode_reduce_kernel(
-    out_ptr,
-    part_max_ptr,
-    part_sum_ptr,
-    part_acc_ptr,
-    stride_os,
-    stride_oh,
-    NUM_HEADS: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    NUM_SPLITS: tl.constexpr,
-    BLOCK_SPLITS: tl.constexpr,
-):
+    out_ptr, part_max_ptr, part_sum_ptr, part_acc_ptr, stride_os, stride_oh,
+    NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    NUM_SPLITS: tl.constexpr, BLOCK_SPLITS: tl.constexpr,
+):  # fmt: skip
     seq = tl.program_id(0)
     head = tl.program_id(1)
     offs_s = tl.arange(0, BLOCK_SPLITS)
@@ -252,52 +218,18 @@ def paged_decode_attention(
         part_max = part_sum = part_acc = out  # unused
     block_d = next_pow2(head_dim)
     _decode_partition_kernel[(num_seqs, kv_heads, num_splits)](
-        q,
-        k_cache,
-        v_cache,
-        k_scale,
-        v_scale,
-        block_tables,
-        context_lens,
-        out,
-        part_max,
-        part_sum,
-        part_acc,
-        float(scale) * LOG2E,
-        q.stride(0),
-        q.stride(1),
-        k_cache.stride(0),
-        k_cache.stride(1),
-        k_cache.stride(2),
-        v_cache.stride(0),
-        v_cache.stride(1),
-        v_cache.stride(2),
-        *scale_strides,
-        block_tables.stride(0),
-        out.stride(0),
-        out.stride(1),
-        NUM_HEADS=num_heads,
-        GROUP=group,
-        BLOCK_G=max(16, next_pow2(group)),
-        HEAD_DIM=head_dim,
-        BLOCK_D=block_d,
-        BLOCK_SIZE=block_size,
-        NUM_SPLITS=num_splits,
-        KV_QUANT=quantized,
+        q, k_cache, v_cache, k_scale, v_scale, block_tables, context_lens, out, part_max, part_sum,
+        part_acc, float(scale) * LOG2E, q.stride(0), q.stride(1), k_cache.stride(0),
+        k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1),
+        v_cache.stride(2), *scale_strides, block_tables.stride(0), out.stride(0), out.stride(1),
+        NUM_HEADS=num_heads, GROUP=group, BLOCK_G=max(16, next_pow2(group)), HEAD_DIM=head_dim,
+        BLOCK_D=block_d, BLOCK_SIZE=block_size, NUM_SPLITS=num_splits, KV_QUANT=quantized,
         DOT_PRECISION=dot_precision(q.dtype),
-    )
+    )  # fmt: skip
     if num_splits > 1:
         _decode_reduce_kernel[(num_seqs, num_heads)](
-            out,
-            part_max,
-            part_sum,
-            part_acc,
-            out.stride(0),
-            out.stride(1),
-            NUM_HEADS=num_heads,
-            HEAD_DIM=head_dim,
-            BLOCK_D=block_d,
-            NUM_SPLITS=num_splits,
+            out, part_max, part_sum, part_acc, out.stride(0), out.stride(1), NUM_HEADS=num_heads,
+            HEAD_DIM=head_dim, BLOCK_D=block_d, NUM_SPLITS=num_splits,
             BLOCK_SPLITS=next_pow2(num_splits),
-        )
+        )  # fmt: skip
     return out

@@ -29,10 +29,12 @@ BLOCK_M_TARGET = 64  # rows per program = BLOCK_Q tokens * BLOCK_G heads
 
 
 @triton.jit
-def _find_seq(query_start_loc_ptr, pid, NUM_SEQS, BLOCK_Q: tl.constexpr):
-    """Largest i in [0, NUM_SEQS) with query_start_loc[i] // BLOCK_Q + i <= pid."""
-    lo = 0
-    hi = NUM_SEQS
+def _find_seq(query_start_loc_ptr, pid, num_seqs, BLOCK_Q: tl.constexpr):
+    """Largest i in [0, num_seqs) with query_start_loc[i] // BLOCK_Q + i <= pid."""
+    # Start both bounds as int32 tensors: Triton specializes an int argument equal to 1 into
+    # a constexpr, and a loop-carried variable must keep one type across iterations.
+    lo = pid * 0
+    hi = lo + num_seqs
     while hi - lo > 1:
         mid = (lo + hi) // 2
         start = tl.load(query_start_loc_ptr + mid) // BLOCK_Q + mid
@@ -44,40 +46,14 @@ def _find_seq(query_start_loc_ptr, pid, NUM_SEQS, BLOCK_Q: tl.constexpr):
 
 @triton.jit
 def _prefill_kernel(
-    q_ptr,
-    k_cache_ptr,
-    v_cache_ptr,
-    k_scale_ptr,
-    v_scale_ptr,
-    block_tables_ptr,
-    query_start_loc_ptr,
-    context_lens_ptr,
-    out_ptr,
-    qk_scale,
-    num_seqs,
-    stride_qt,
-    stride_qh,
-    stride_kb,
-    stride_kt,
-    stride_kh,
-    stride_vb,
-    stride_vt,
-    stride_vh,
-    stride_sb,
-    stride_st,
-    stride_sh,
-    stride_bts,
-    stride_ot,
-    stride_oh,
-    GROUP: tl.constexpr,
-    BLOCK_G: tl.constexpr,
-    BLOCK_Q: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr,
-    KV_QUANT: tl.constexpr,
+    q_ptr, k_cache_ptr, v_cache_ptr, k_scale_ptr, v_scale_ptr, block_tables_ptr,
+    query_start_loc_ptr, context_lens_ptr, out_ptr, qk_scale, num_seqs, stride_qt, stride_qh,
+    stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_sb, stride_st,
+    stride_sh, stride_bts, stride_ot, stride_oh,
+    GROUP: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_Q: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr, KV_QUANT: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
-):
+):  # fmt: skip
     pid = tl.program_id(0)
     kv_head = tl.program_id(1)
     seq = _find_seq(query_start_loc_ptr, pid, num_seqs, BLOCK_Q)
@@ -215,36 +191,12 @@ def paged_prefill_attention(
         scale_strides = (0, 0, 0)
     grid = (total_q // block_q + num_seqs, kv_heads)
     _prefill_kernel[grid](
-        q,
-        k_cache,
-        v_cache,
-        k_scale,
-        v_scale,
-        block_tables,
-        query_start_loc,
-        context_lens,
-        out,
-        float(scale) * LOG2E,
-        num_seqs,
-        q.stride(0),
-        q.stride(1),
-        k_cache.stride(0),
-        k_cache.stride(1),
-        k_cache.stride(2),
-        v_cache.stride(0),
-        v_cache.stride(1),
-        v_cache.stride(2),
-        *scale_strides,
-        block_tables.stride(0),
-        out.stride(0),
-        out.stride(1),
-        GROUP=group,
-        BLOCK_G=block_g,
-        BLOCK_Q=block_q,
-        HEAD_DIM=head_dim,
-        BLOCK_D=next_pow2(head_dim),
-        BLOCK_SIZE=block_size,
-        KV_QUANT=quantized,
+        q, k_cache, v_cache, k_scale, v_scale, block_tables, query_start_loc, context_lens, out,
+        float(scale) * LOG2E, num_seqs, q.stride(0), q.stride(1), k_cache.stride(0),
+        k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1),
+        v_cache.stride(2), *scale_strides, block_tables.stride(0), out.stride(0), out.stride(1),
+        GROUP=group, BLOCK_G=block_g, BLOCK_Q=block_q, HEAD_DIM=head_dim,
+        BLOCK_D=next_pow2(head_dim), BLOCK_SIZE=block_size, KV_QUANT=quantized,
         DOT_PRECISION=dot_precision(q.dtype),
-    )
+    )  # fmt: skip
     return out

@@ -24,6 +24,8 @@ _OPS: dict[str, str] = {
     "w8a8_int8_gemm": "scaled_gemm",
     "fp8_scaled_gemm": "scaled_gemm",
     "awq_gemm": "awq_gemm",
+    "quantize_per_token_int8": "quantize",
+    "quantize_per_token_fp8": "quantize",
 }
 
 

@@ -17,20 +17,10 @@ MAX_HIDDEN = 65536  # one row must fit one program's registers
 
 @triton.jit
 def _rms_norm_kernel(
-    x_ptr,
-    residual_ptr,
-    weight_ptr,
-    out_ptr,
-    residual_out_ptr,
-    eps,
-    stride_xt,
-    stride_rt,
-    stride_ot,
-    stride_rot,
-    HIDDEN: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-    ADD_RESIDUAL: tl.constexpr,
-):
+    x_ptr, residual_ptr, weight_ptr, out_ptr, residual_out_ptr, eps, stride_xt, stride_rt,
+    stride_ot, stride_rot,
+    HIDDEN: tl.constexpr, BLOCK_H: tl.constexpr, ADD_RESIDUAL: tl.constexpr,
+):  # fmt: skip
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK_H)
     mask = offs < HIDDEN
@@ -59,21 +49,10 @@ def _launch(x, residual, weight, eps, out, residual_out) -> None:
     if not add:
         residual = residual_out = x  # placeholders
     _rms_norm_kernel[(num_tokens,)](
-        x,
-        residual,
-        weight,
-        out,
-        residual_out,
-        float(eps),
-        x.stride(0),
-        residual.stride(0),
-        out.stride(0),
-        residual_out.stride(0),
-        HIDDEN=hidden,
-        BLOCK_H=block_h,
-        ADD_RESIDUAL=add,
+        x, residual, weight, out, residual_out, float(eps), x.stride(0), residual.stride(0),
+        out.stride(0), residual_out.stride(0), HIDDEN=hidden, BLOCK_H=block_h, ADD_RESIDUAL=add,
         num_warps=min(16, max(1, block_h // 256)),  # ~8 elements per thread
-    )
+    )  # fmt: skip
 
 
 def rms_norm(

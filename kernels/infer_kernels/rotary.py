@@ -14,17 +14,10 @@ __all__ = ["rotary_embedding", "rotary_embedding_ref"]
 
 @triton.jit
 def _rotate_heads(
-    x_ptr,
-    row,
-    stride_t,
-    stride_h,
-    cos,
-    sin,
-    NUM_HEADS: tl.constexpr,
-    BLOCK_HEADS: tl.constexpr,
-    HALF: tl.constexpr,
+    x_ptr, row, stride_t, stride_h, cos, sin,
+    NUM_HEADS: tl.constexpr, BLOCK_HEADS: tl.constexpr, HALF: tl.constexpr,
     BLOCK_HALF: tl.constexpr,
-):
+):  # fmt: skip
     offs_h = tl.arange(0, BLOCK_HEADS)
     offs_r = tl.arange(0, BLOCK_HALF)
     mask = (offs_h[:, None] < NUM_HEADS) & (offs_r[None, :] < HALF)
@@ -39,22 +32,11 @@ def _rotate_heads(
 
 @triton.jit
 def _rotary_kernel(
-    positions_ptr,
-    q_ptr,
-    k_ptr,
-    cos_sin_ptr,
-    stride_qt,
-    stride_qh,
-    stride_kt,
-    stride_kh,
+    positions_ptr, q_ptr, k_ptr, cos_sin_ptr, stride_qt, stride_qh, stride_kt, stride_kh,
     stride_cp,
-    NUM_Q_HEADS: tl.constexpr,
-    NUM_K_HEADS: tl.constexpr,
-    BLOCK_QH: tl.constexpr,
-    BLOCK_KH: tl.constexpr,
-    HALF: tl.constexpr,
-    BLOCK_HALF: tl.constexpr,
-):
+    NUM_Q_HEADS: tl.constexpr, NUM_K_HEADS: tl.constexpr, BLOCK_QH: tl.constexpr,
+    BLOCK_KH: tl.constexpr, HALF: tl.constexpr, BLOCK_HALF: tl.constexpr,
+):  # fmt: skip
     # One program per token: cos/sin are loaded once and used for every q and k head.
     row = tl.program_id(0).to(tl.int64)
     pos = tl.load(positions_ptr + row).to(tl.int64)
@@ -106,20 +88,9 @@ def rotary_embedding(
         return q, k
     half = rot_dim // 2
     _rotary_kernel[(num_tokens,)](
-        positions,
-        q,
-        k,
-        cos_sin_cache,
-        q.stride(0),
-        q.stride(1),
-        k.stride(0),
-        k.stride(1),
-        cos_sin_cache.stride(0),
-        NUM_Q_HEADS=q.shape[1],
-        NUM_K_HEADS=k.shape[1],
-        BLOCK_QH=next_pow2(q.shape[1]),
-        BLOCK_KH=next_pow2(k.shape[1]),
-        HALF=half,
+        positions, q, k, cos_sin_cache, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+        cos_sin_cache.stride(0), NUM_Q_HEADS=q.shape[1], NUM_K_HEADS=k.shape[1],
+        BLOCK_QH=next_pow2(q.shape[1]), BLOCK_KH=next_pow2(k.shape[1]), HALF=half,
         BLOCK_HALF=next_pow2(half),
-    )
+    )  # fmt: skip
     return q, k

@@ -24,29 +24,11 @@ __all__ = ["fp8_scaled_gemm", "fp8_scaled_gemm_ref", "w8a8_int8_gemm", "w8a8_int
 
 @triton.jit
 def _scaled_mm_kernel(
-    a_ptr,
-    b_ptr,
-    a_scale_ptr,
-    b_scale_ptr,
-    bias_ptr,
-    out_ptr,
-    M,
-    N,
-    K,
-    stride_am,
-    stride_ak,
-    stride_bn,
-    stride_bk,
-    stride_om,
-    stride_on,
-    A_PER_ROW: tl.constexpr,
-    B_PER_COL: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    ACC_INT: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
+    a_ptr, b_ptr, a_scale_ptr, b_scale_ptr, bias_ptr, out_ptr, M, N, K, stride_am, stride_ak,
+    stride_bn, stride_bk, stride_om, stride_on,
+    A_PER_ROW: tl.constexpr, B_PER_COL: tl.constexpr, HAS_BIAS: tl.constexpr,
+    ACC_INT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -103,31 +85,12 @@ def _launch(a, b, a_scale, b_scale, out_dtype, bias, out, acc_int: bool) -> torc
     block_k = 64
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, block_n))
     _scaled_mm_kernel[grid](
-        a,
-        b,
-        a_scale,
-        b_scale,
-        bias if bias is not None else a_scale,
-        out,
-        m,
-        n,
-        k,
-        a.stride(0),
-        a.stride(1),
-        b.stride(0),
-        b.stride(1),
-        out.stride(0),
-        out.stride(1),
-        A_PER_ROW=a_scale.numel() > 1 or m == 1,
-        B_PER_COL=b_scale.numel() > 1 or n == 1,
-        HAS_BIAS=bias is not None,
-        ACC_INT=acc_int,
-        BLOCK_M=block_m,
-        BLOCK_N=block_n,
-        BLOCK_K=block_k,
-        num_warps=4 if block_m <= 64 else 8,
-        num_stages=3,
-    )
+        a, b, a_scale, b_scale, bias if bias is not None else a_scale, out, m, n, k, a.stride(0),
+        a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1),
+        A_PER_ROW=a_scale.numel() > 1 or m == 1, B_PER_COL=b_scale.numel() > 1 or n == 1,
+        HAS_BIAS=bias is not None, ACC_INT=acc_int, BLOCK_M=block_m, BLOCK_N=block_n,
+        BLOCK_K=block_k, num_warps=4 if block_m <= 64 else 8, num_stages=3,
+    )  # fmt: skip
     return out
 
 
@@ -147,7 +110,8 @@ def w8a8_int8_gemm(
 ) -> torch.Tensor:
     """a_int8 [M, K] (per-token quantized activations), b_int8 [N, K] (per-channel weights),
     a_scale fp32 [M, 1] (or one element), b_scale fp32 [N] / [N, 1] (or one element),
-    bias [N] float or None -> [M, N] out_dtype (written to ``out`` if given). int32 accumulation, fp32 epilogue."""
+    bias [N] float or None -> [M, N] out_dtype (written to ``out`` if given).
+    int32 accumulation, fp32 epilogue."""
     check_scaled_gemm_args(a_int8, b_int8, a_scale, b_scale, out_dtype, bias, torch.int8)
     a_s, b_s = _flat_scales(a_scale, b_scale)
     return _launch(a_int8, b_int8, a_s, b_s, out_dtype, bias, out, acc_int=True)

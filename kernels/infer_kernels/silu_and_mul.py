@@ -16,7 +16,7 @@ BLOCK = 1024
 @triton.jit
 def _silu_and_mul_kernel(
     x_ptr, out_ptr, stride_xt, stride_ot, D: tl.constexpr, BLOCK_D: tl.constexpr
-):
+):  # fmt: skip
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     mask = offs < D
@@ -35,5 +35,5 @@ def silu_and_mul(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tens
         return out
     _silu_and_mul_kernel[(x.shape[0], triton.cdiv(d, BLOCK))](
         x, out, x.stride(0), out.stride(0), D=d, BLOCK_D=BLOCK
-    )
+    )  # fmt: skip
     return out

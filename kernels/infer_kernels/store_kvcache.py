@@ -18,27 +18,11 @@ _QUANT_CODE = {torch.int8: 1, torch.float8_e4m3fn: 2}
 
 @triton.jit
 def _store_one(
-    src_ptr,
-    cache_ptr,
-    scale_ptr,
-    token,
-    block,
-    offset,
-    stride_src_t,
-    stride_src_h,
-    stride_cache_b,
-    stride_cache_t,
-    stride_cache_h,
-    stride_scale_b,
-    stride_scale_t,
-    stride_scale_h,
-    NUM_KV_HEADS: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    QUANT: tl.constexpr,
-    QMAX: tl.constexpr,
-):
+    src_ptr, cache_ptr, scale_ptr, token, block, offset, stride_src_t, stride_src_h,
+    stride_cache_b, stride_cache_t, stride_cache_h, stride_scale_b, stride_scale_t, stride_scale_h,
+    NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr,
+    BLOCK_D: tl.constexpr, QUANT: tl.constexpr, QMAX: tl.constexpr,
+):  # fmt: skip
     offs_h = tl.arange(0, BLOCK_H)
     offs_d = tl.arange(0, BLOCK_D)
     mask = (offs_h[:, None] < NUM_KV_HEADS) & (offs_d[None, :] < HEAD_DIM)
@@ -75,37 +59,12 @@ def _store_one(
 
 @triton.jit
 def _store_kvcache_kernel(
-    k_ptr,
-    v_ptr,
-    k_cache_ptr,
-    v_cache_ptr,
-    k_scale_ptr,
-    v_scale_ptr,
-    slot_mapping_ptr,
-    stride_kt,
-    stride_kh,
-    stride_vt,
-    stride_vh,
-    stride_kcb,
-    stride_kct,
-    stride_kch,
-    stride_vcb,
-    stride_vct,
-    stride_vch,
-    stride_ksb,
-    stride_kst,
-    stride_ksh,
-    stride_vsb,
-    stride_vst,
-    stride_vsh,
-    NUM_KV_HEADS: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr,
-    BLOCK_H: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    QUANT: tl.constexpr,
-    QMAX: tl.constexpr,
-):
+    k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, k_scale_ptr, v_scale_ptr, slot_mapping_ptr, stride_kt,
+    stride_kh, stride_vt, stride_vh, stride_kcb, stride_kct, stride_kch, stride_vcb, stride_vct,
+    stride_vch, stride_ksb, stride_kst, stride_ksh, stride_vsb, stride_vst, stride_vsh,
+    NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, QUANT: tl.constexpr, QMAX: tl.constexpr,
+):  # fmt: skip
     # One program per token: all heads of K and V (a few hundred bytes each).
     token = tl.program_id(0)
     slot = tl.load(slot_mapping_ptr + token).to(tl.int64)  # int64: slot * strides can pass 2^31
@@ -184,34 +143,11 @@ def store_kvcache(
     if not quantized:  # placeholders: the QUANT == 0 path never touches them
         k_scale = v_scale = torch.empty((1, 1, 1), device=k.device, dtype=torch.float32)
     _store_kvcache_kernel[(num_tokens,)](
-        k,
-        v,
-        k_cache,
-        v_cache,
-        k_scale,
-        v_scale,
-        slot_mapping,
-        k.stride(0),
-        k.stride(1),
-        v.stride(0),
-        v.stride(1),
-        k_cache.stride(0),
-        k_cache.stride(1),
-        k_cache.stride(2),
-        v_cache.stride(0),
-        v_cache.stride(1),
-        v_cache.stride(2),
-        k_scale.stride(0),
-        k_scale.stride(1),
-        k_scale.stride(2),
-        v_scale.stride(0),
-        v_scale.stride(1),
-        v_scale.stride(2),
-        NUM_KV_HEADS=kv_heads,
-        HEAD_DIM=head_dim,
-        BLOCK_SIZE=block_size,
-        BLOCK_H=next_pow2(kv_heads),
-        BLOCK_D=next_pow2(head_dim),
-        QUANT=_QUANT_CODE.get(k_cache.dtype, 0),
-        QMAX=QUANT_KV_QMAX.get(k_cache.dtype, 1.0),
-    )
+        k, v, k_cache, v_cache, k_scale, v_scale, slot_mapping, k.stride(0), k.stride(1),
+        v.stride(0), v.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), k_scale.stride(0),
+        k_scale.stride(1), k_scale.stride(2), v_scale.stride(0), v_scale.stride(1),
+        v_scale.stride(2), NUM_KV_HEADS=kv_heads, HEAD_DIM=head_dim, BLOCK_SIZE=block_size,
+        BLOCK_H=next_pow2(kv_heads), BLOCK_D=next_pow2(head_dim),
+        QUANT=_QUANT_CODE.get(k_cache.dtype, 0), QMAX=QUANT_KV_QMAX.get(k_cache.dtype, 1.0),
+    )  # fmt: skip

@@ -87,3 +87,24 @@ def test_decode_rejects_bad_input():
         paged_decode_attention(
             q.half(), qkv.k_cache, qkv.v_cache, qkv.block_tables, qkv.context_lens, 0.1
         )
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_decode_random_batches(seed):
+    """Seeded fuzz over batch size, lengths, GQA ratio, head dim, block size, splits, KV dtype."""
+    r = torch.Generator().manual_seed(100 + seed)
+
+    def pick(options):
+        return options[int(torch.randint(len(options), (1,), generator=r))]
+
+    kv_heads, group = pick([1, 2]), pick([1, 3, 8])
+    head_dim, block_size = pick([64, 128]), pick([16, 32])
+    lens = torch.randint(1, 600, (int(torch.randint(1, 6, (1,), generator=r)),), generator=r)
+    cache_dtype, splits = pick([None, torch.int8, torch.float8_e4m3fn]), pick([None, 1, 2, 5])
+    dtype = torch.float16
+    kv = PagedKV(lens.tolist(), kv_heads, head_dim, block_size, dtype, cache_dtype, seed=seed)
+    q = torch.randn(len(lens), kv_heads * group, head_dim, generator=r).to(dtype).to(DEVICE)
+    args = (q, kv.k_cache, kv.v_cache, kv.block_tables, kv.context_lens, head_dim**-0.5)
+    args += (kv.k_scale, kv.v_scale)
+    out = paged_decode_attention(*args, num_splits=splits, out=poison(q))
+    assert_close(out, paged_decode_attention_ref(*args), dtype)

@@ -88,3 +88,27 @@ def test_prefill_rejects_bad_query_start_loc():
         paged_prefill_attention(
             q, kv.k_cache, kv.v_cache, kv.block_tables, _qsl([8]), kv.context_lens, 0.1
         )
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_prefill_random_batches(seed):
+    """Seeded fuzz: random prefix / new-token splits, GQA ratio, head dim, block size, KV dtype."""
+    r = torch.Generator().manual_seed(200 + seed)
+
+    def pick(options):
+        return options[int(torch.randint(len(options), (1,), generator=r))]
+
+    kv_heads, group = pick([1, 2]), pick([1, 3, 8])
+    head_dim, block_size = pick([64, 128]), pick([16, 32])
+    num_seqs = int(torch.randint(1, 5, (1,), generator=r))
+    lens = torch.randint(1, 160, (num_seqs,), generator=r)
+    qlens = [int(torch.randint(0, n + 1, (1,), generator=r)) for n in lens.tolist()]
+    qlens[0] = max(qlens[0], 1)
+    cache_dtype = pick([None, torch.int8, torch.float8_e4m3fn])
+    dtype = torch.float16
+    kv = PagedKV(lens.tolist(), kv_heads, head_dim, block_size, dtype, cache_dtype, seed=seed)
+    q = torch.randn(sum(qlens), kv_heads * group, head_dim, generator=r).to(dtype).to(DEVICE)
+    args = (q, kv.k_cache, kv.v_cache, kv.block_tables, _qsl(qlens), kv.context_lens, 0.1)
+    args += (kv.k_scale, kv.v_scale)
+    out = paged_prefill_attention(*args, out=poison(q))
+    assert_close(out, paged_prefill_attention_ref(*args), dtype)

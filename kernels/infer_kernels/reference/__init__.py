@@ -15,7 +15,9 @@ from .quant import (
     awq_unpack,
     quantize_last_dim,
     quantize_per_token_fp8,
+    quantize_per_token_fp8_ref,
     quantize_per_token_int8,
+    quantize_per_token_int8_ref,
 )
 from .rotary import rotary_embedding_ref
 
@@ -31,7 +33,9 @@ __all__ = [
     "paged_prefill_attention_ref",
     "quantize_last_dim",
     "quantize_per_token_fp8",
+    "quantize_per_token_fp8_ref",
     "quantize_per_token_int8",
+    "quantize_per_token_int8_ref",
     "rms_norm_ref",
     "rotary_embedding_ref",
     "silu_and_mul_ref",

@@ -102,7 +102,7 @@ def fp8_scaled_gemm_ref(
     bias: torch.Tensor | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """a_fp8 [M, K], b_fp8 [N, K] float8_e4m3fn, fp32 scales -> [M, N] out_dtype (fp32 accumulate)."""
+    """a_fp8 [M, K], b_fp8 [N, K] float8_e4m3fn, fp32 scales -> [M, N] out_dtype (fp32 acc)."""
     m, n, _ = check_scaled_gemm_args(
         a_fp8, b_fp8, a_scale, b_scale, out_dtype, bias, torch.float8_e4m3fn
     )

@@ -53,6 +53,11 @@ def quantize_per_token_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return q, scale.unsqueeze(-1)
 
 
+# Registry names: the torch implementation of op X is X_ref.
+quantize_per_token_int8_ref = quantize_per_token_int8
+quantize_per_token_fp8_ref = quantize_per_token_fp8
+
+
 def awq_pack(intweight: torch.Tensor) -> torch.Tensor:
     """Pack int4 codes ``[R, N]`` (values 0..15, any int dtype) into int32 ``[R, N // 8]``.
 
