@@ -24,7 +24,7 @@ HUB_ALIASES = {
 
 def pydoc_text() -> str:
     """The prose of ``pydoc_data.topics``: every topic's text, in file order, blank-line separated."""
-    import pydoc_data.topics as topics
+    from pydoc_data import topics
 
     return "\n\n".join(str(v).strip() for v in topics.topics.values())
 

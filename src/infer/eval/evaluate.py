@@ -15,7 +15,11 @@ from infer.eval.greedy import agreement, corpus_prompts, generate_greedy
 from infer.eval.perplexity import perplexity, token_nll
 from infer.eval.progress import progress
 from infer.eval.reference import (
-    ReferenceStore, build_reference, derive_config, reference_key, same_engine,
+    ReferenceStore,
+    build_reference,
+    derive_config,
+    reference_key,
+    same_engine,
 )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 
@@ -34,7 +35,7 @@ def summarize(
     e2e: list[float] = []
     for m in timings:
         tt = list(m.get("token_times", []))  # type: ignore[arg-type]
-        itl += [b - a for a, b in zip(tt, tt[1:])]
+        itl += [b - a for a, b in itertools.pairwise(tt)]
         if tt:
             e2e.append(tt[-1] - float(m["arrival"]))  # type: ignore[arg-type]
     n_out, n_in = sum(out_lens), sum(prompt_lens)

@@ -17,7 +17,7 @@ import torch
 
 from infer.sampling_params import SamplingParams
 from infer.scheduler import ScheduledSeq
-from infer.sequence import Sequence, SeqStatus
+from infer.sequence import SeqStatus, Sequence
 
 # negative ids never collide with the engine's own (which count up from 0)
 _score_ids = itertools.count(start=-1, step=-1)

@@ -1,1 +1,1 @@
-"""Metric sinks: console (+ metrics.json), W&B."""
+"""Metric sinks: console (+ metrics.json), W&B, the sweep results table, the Pareto callback."""

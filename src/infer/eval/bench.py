@@ -1,0 +1,112 @@
+"""Drive the engine through a workload and measure throughput, latency and memory."""
+
+from __future__ import annotations
+
+import heapq
+import random
+import time
+from typing import Any
+
+from infer.eval.latency import summarize
+from infer.eval.memory import PeakMemory
+from infer.eval.progress import progress
+from infer.eval.workloads import Request
+from infer.sampling_params import SamplingParams
+
+
+def _params(r: Request) -> SamplingParams:
+    return SamplingParams(temperature=0.0, max_tokens=r.max_tokens, ignore_eos=r.ignore_eos)
+
+
+def warmup(engine: Any, reqs: list[Request], n: int) -> None:
+    """Run ``n`` short requests (2 tokens) so first-call costs stay out of the timings."""
+    for r in reqs[: max(int(n), 0)]:
+        engine.add_request(None, r.prompt_token_ids, SamplingParams(temperature=0.0, max_tokens=2, ignore_eos=True))
+    while engine.has_unfinished():
+        engine.step()
+
+
+def run_requests(
+    engine: Any, reqs: list[Request], request_rate: float | None = None, seed: int = 0
+) -> dict[str, Any]:
+    """Serve ``reqs`` with continuous batching and time everything.
+
+    Requests without ``depends_on`` arrive at t=0 (``request_rate`` None/0) or as a Poisson
+    process of ``request_rate`` req/s; dependents arrive when their dependency finishes.
+    Returns the summary metrics (see ``latency.summarize``) plus peak_mem_mb, kv_usage_max,
+    batch_size_mean, steps, errors and ``_steps``: one dict per engine step (batch_size,
+    kv_usage, step_ms, new_tokens, tok_s).
+    """
+    rng = random.Random(seed)
+    t_next, arrivals = 0.0, []
+    for i, r in enumerate(reqs):
+        if r.depends_on is None:
+            arrivals.append((t_next, i))
+            if request_rate:
+                t_next += rng.expovariate(float(request_rate))
+    heapq.heapify(arrivals)
+    dependents: dict[int, list[int]] = {}
+    for i, r in enumerate(reqs):
+        if r.depends_on is not None:
+            dependents.setdefault(r.depends_on, []).append(i)
+
+    stats = engine.stats
+    n0, out0 = len(stats.batch_sizes), stats.output_tokens
+    mem = PeakMemory(engine.runner.device)
+    rid_idx: dict[str, int] = {}
+    done: dict[int, Any] = {}
+    steps: list[dict[str, float]] = []
+    bar = progress(total=len(reqs), desc="bench", unit="req")
+    start = time.perf_counter()
+
+    def submit(i: int) -> None:
+        rid_idx[engine.add_request(None, reqs[i].prompt_token_ids, _params(reqs[i]))] = i
+
+    while len(done) < len(reqs):
+        now = time.perf_counter() - start
+        while arrivals and arrivals[0][0] <= now:
+            submit(heapq.heappop(arrivals)[1])
+        if not engine.has_unfinished():
+            if not arrivals:
+                raise RuntimeError("bench: requests left but none runnable (bad depends_on?)")
+            time.sleep(max(arrivals[0][0] - now, 0.0))
+            continue
+        tok0 = stats.output_tokens
+        t = time.perf_counter()
+        outs = engine.step()
+        dt = time.perf_counter() - t
+        new = stats.output_tokens - tok0
+        steps.append({
+            "batch_size": float(stats.batch_sizes[-1]) if len(stats.batch_sizes) > n0 else 0.0,
+            "kv_usage": float(stats.kv_usage[-1]) if stats.kv_usage else 0.0,
+            "step_ms": 1000.0 * dt, "new_tokens": float(new), "tok_s": new / dt if dt > 0 else 0.0,
+        })
+        for o in outs:
+            if o.finished:
+                i = rid_idx[o.request_id]
+                done[i] = o
+                bar.update(1)
+                for j in dependents.get(i, []):
+                    submit(j)
+        mem.sample()
+    elapsed = time.perf_counter() - start
+    bar.close()
+
+    outs_in_order = [done[i] for i in range(len(reqs))]
+    m = summarize(
+        [o.metrics for o in outs_in_order],
+        [len(r.prompt_token_ids) for r in reqs],
+        [len(o.outputs[0].token_ids) for o in outs_in_order],
+        elapsed,
+    )
+    bs = stats.batch_sizes[n0:]
+    m.update({
+        "steps": float(len(bs)),
+        "batch_size_mean": sum(bs) / len(bs) if bs else 0.0,
+        "kv_usage_max": max(stats.kv_usage[n0:], default=0.0),
+        "peak_mem_mb": mem.peak_mb,
+        "errors": float(sum(o.error is not None for o in outs_in_order)),
+        "engine_output_tokens": float(stats.output_tokens - out0),
+    })
+    m["_steps"] = steps
+    return m
