@@ -1,6 +1,7 @@
-"""``attention=paged``: paged KV (block tables) with batched torch attention on any device.
+"""``attention=paged``: paged KV (block tables) with batched attention on any device.
 
-Decodes (one query each) are attended together: their blocks are gathered into one padded
+On CPU with fp32 KV (and ``cpu_kernel=True``) a compiled C++ kernel attends every token in
+place over its blocks (see csrc/paged_attention_cpu.cpp). Otherwise, in torch: decodes (one query each) are attended together: their blocks are gathered into one padded
 [B, L, Hk, D] tensor and a single masked SDPA call covers the batch. Prefill chunks are
 attended per sequence (each is large, so the loop costs little); a chunk with no cached
 prefix attends to its fresh k/v directly without touching the cache.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from infer.attention import cpu_kernel
 from infer.attention.base import AttentionMetadata, SeqSlice, build_metadata
 from infer.attention.torch_ref import attend_one, gather_context, store_kv
 
@@ -59,9 +61,23 @@ def decode_attention(
 
 
 class PagedTorchBackend:
-    """Paged attention in torch: batched decodes, per-sequence prefill/extend."""
+    """Paged attention: the CPU kernel when it applies, else batched torch decodes and
+    per-sequence prefill/extend.
+
+    Args:
+        cpu_kernel: use the compiled CPU kernel for fp32 caches on CPU when it builds.
+    """
 
     name = "paged"
+
+    def __init__(self, cpu_kernel: bool = True) -> None:
+        self.cpu_kernel = cpu_kernel
+
+    def _use_kernel(self, q: torch.Tensor, k_cache: torch.Tensor) -> bool:
+        return (
+            self.cpu_kernel and q.device.type == "cpu" and q.dtype == torch.float32
+            and k_cache.dtype == torch.float32 and cpu_kernel.available()
+        )
 
     def plan(self, seqs: list[SeqSlice], block_size: int, device: torch.device) -> AttentionMetadata:
         md = build_metadata(seqs, block_size, device)
@@ -81,6 +97,11 @@ class PagedTorchBackend:
         scale: float,
     ) -> torch.Tensor:
         store_kv(k, v, kv_cache, metadata.slot_mapping)
+        if self._use_kernel(q, kv_cache[0]):
+            return cpu_kernel.paged_attention(
+                q, kv_cache[0], kv_cache[1], metadata.block_tables, metadata.query_start_loc,
+                metadata.context_lens, scale,
+            )
         nd = metadata.num_decodes
         if nd == metadata.num_seqs:
             return decode_attention(q, kv_cache, metadata.extra["decode"], scale)

@@ -37,6 +37,9 @@ def attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) 
     gqa = qh.shape[0] != kh.shape[0]
     if n == 1:
         out = F.scaled_dot_product_attention(qh, kh, vh, scale=scale, enable_gqa=gqa)
+    elif n == c:
+        # whole sequence: top-left causal is exact here and takes the fused flash path
+        out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=scale, enable_gqa=gqa)
     else:
         # query j sits at position c - n + j and sees keys 0..c-n+j
         mask = torch.arange(c, device=q.device)[None, :] <= (
