@@ -175,8 +175,7 @@ class Engine:
             want = (
                 s.params.prompt_logprobs is not None
                 and s.num_computed_tokens < s.num_prompt_tokens
-                and len(s.prompt_logprobs) <= s.num_computed_tokens
-                and s.num_preemptions == 0
+                and len(s.prompt_logprobs) < s.num_prompt_tokens
             )
             if want:
                 start = len(rows)
@@ -201,6 +200,8 @@ class Engine:
         start = s.num_computed_tokens
         for j in range(b.num_new):
             p = start + j + 1
+            if p < len(s.prompt_logprobs):
+                continue  # already scored before a preemption
             if p >= s.num_prompt_tokens:
                 break
             s.prompt_logprobs.append(logprob_dict(lp[j], s.prompt_token_ids[p], s.params.prompt_logprobs or 0))
