@@ -45,8 +45,13 @@ def run_info(run_dir: Path) -> RunInfo:
 def composed_config(run_dir: Path) -> dict[str, Any]:
     """The composed config Hydra saved as ``run_dir/.hydra/config.yaml`` ({} if absent)."""
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
     p = run_dir / ".hydra" / "config.yaml"
     if not p.exists():
         return {}
-    return OmegaConf.to_container(OmegaConf.load(p), resolve=False)  # type: ignore[return-value]
+    cfg = OmegaConf.load(p)
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    except OmegaConfBaseException:  # e.g. ${hydra:...} outside the job: keep the interpolations as text
+        return OmegaConf.to_container(cfg, resolve=False)  # type: ignore[return-value]
