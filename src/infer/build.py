@@ -7,9 +7,10 @@ from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from infer.engine import Engine
+from infer.layers.ops import resolve_ops
 from infer.models.loader import load_model
 from infer.models.sources import resolve_model_path
 from infer.runner import KVSpec, ModelRunner
@@ -55,7 +56,9 @@ def build(cfg: DictConfig) -> Engine:
     max_len = int(e.max_model_len or limit)
     if max_len > limit:
         raise ValueError(f"engine.max_model_len={max_len} exceeds the model's limit {limit}")
-    model = load_model(folder, quant, dtype, device, max_len)
+    k = cfg.kernels
+    ops = resolve_ops(k.impl, OmegaConf.to_container(k.get("overrides") or {}), device, dtype)
+    model = load_model(folder, quant, dtype, device, max_len, ops)
 
     block_size = int(cfg.attention.block_size or max_len)
     kv_dtype = dtype
@@ -71,7 +74,8 @@ def build(cfg: DictConfig) -> Engine:
     cache = instantiate(cfg.attention.cache, num_blocks=num_blocks, block_size=block_size)
     runner = ModelRunner(model, backend, kv, device)
     scheduler = Scheduler(
-        cache, int(e.max_num_seqs), int(e.max_num_batched_tokens), bool(e.chunked_prefill)
+        cache, int(e.max_num_seqs), int(e.max_num_batched_tokens), bool(e.chunked_prefill),
+        policy=str(cfg.attention.get("schedule_policy", "fcfs")),
     )
     tokenizer = load_tokenizer(folder)
     eos = list(args.eos_token_ids)

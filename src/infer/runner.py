@@ -47,10 +47,15 @@ class ModelRunner:
         self.backend = backend
         self.kv = kv
         self.device = device
-        shape = (kv.num_blocks, kv.block_size, kv.num_kv_heads, kv.head_dim)
+        # the backend owns its cache layout (default [NB, BS, Hk, D] for both K and V)
+        shapes = getattr(backend, "kv_cache_shapes", None)
+        if shapes is not None:
+            k_shape, v_shape = shapes(kv.num_blocks, kv.block_size, kv.num_kv_heads, kv.head_dim, kv.dtype, device)
+        else:
+            k_shape = v_shape = (kv.num_blocks, kv.block_size, kv.num_kv_heads, kv.head_dim)
         self.kv_caches = [
-            (torch.zeros(shape, dtype=kv.dtype, device=device),
-             torch.zeros(shape, dtype=kv.dtype, device=device))
+            (torch.zeros(k_shape, dtype=kv.dtype, device=device),
+             torch.zeros(v_shape, dtype=kv.dtype, device=device))
             for _ in range(kv.num_layers)
         ]
 

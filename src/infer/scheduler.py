@@ -38,7 +38,13 @@ class Scheduler:
         max_num_seqs: int,
         max_num_batched_tokens: int,
         chunked_prefill: bool = True,
+        policy: str = "fcfs",
     ) -> None:
+        if policy not in ("fcfs", "lpm"):
+            raise ValueError(f"unknown schedule policy {policy!r}; allowed: fcfs, lpm")
+        if policy == "lpm" and not hasattr(cache, "peek_prefix"):
+            raise ValueError("schedule_policy=lpm needs a prefix cache (attention=radix)")
+        self.policy = policy
         if max_num_seqs < 1 or max_num_batched_tokens < 1:
             raise ValueError("max_num_seqs and max_num_batched_tokens must be >= 1")
         self.cache = cache
@@ -98,22 +104,43 @@ class Scheduler:
             scheduled.add(seq.seq_id)
             budget -= n
 
+        if self.policy == "lpm" and len(self.waiting) > 1:
+            # longest cached prefix first: requests that share a hot prefix run together
+            # while it is resident (stable sort keeps FCFS among equals)
+            peek = self.cache.peek_prefix  # type: ignore[attr-defined]
+            self.waiting = deque(sorted(self.waiting, key=lambda s: -peek(s)))
+        # lpm: a request whose first block is being prefilled right now by another one
+        # waits a step and then hits the cache instead of recomputing the shared prefix
+        bs = self.cache.block_size
+        inflight = (
+            {tuple(s.tokens[:bs]) for s in self.running if s.in_prefill and s.num_tokens > bs}
+            if self.policy == "lpm" else set()
+        )
+        deferred: list[Sequence] = []
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
-            seq = self.waiting[0]
+            seq = self.waiting.popleft()
+            key = tuple(seq.tokens[:bs])
+            if (
+                key in inflight and seq.num_computed_tokens == 0
+                and self.cache.peek_prefix(seq) == 0  # type: ignore[attr-defined]
+            ):
+                deferred.append(seq)
+                continue
             if seq.num_computed_tokens == 0:
                 seq.num_computed_tokens = self.cache.match_prefix(seq)
             remaining = seq.num_tokens - seq.num_computed_tokens
             n = min(remaining, budget)
-            if n < remaining and not self.chunked_prefill:
-                break
-            if not self.cache.allocate(seq, n):
+            if (n < remaining and not self.chunked_prefill) or not self.cache.allocate(seq, n):
+                self.waiting.appendleft(seq)
                 break  # no room: wait for running sequences to finish
-            self.waiting.popleft()
             seq.status = SeqStatus.RUNNING
             self.running.append(seq)
             prefills.append(ScheduledSeq(seq, n))
             scheduled.add(seq.seq_id)
             budget -= n
+            if self.policy == "lpm" and seq.num_tokens > bs:
+                inflight.add(key)
+        self.waiting.extendleft(reversed(deferred))
         return decodes + prefills
 
     def _reserve(self, seq: Sequence, n: int, scheduled: set[int]) -> bool:

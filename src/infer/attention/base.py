@@ -86,6 +86,14 @@ class AttentionBackend(Protocol):
 
     name: str
 
+    def kv_cache_shapes(
+        self, num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int,
+        dtype: torch.dtype, device: torch.device,
+    ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Shapes of one layer's (k_cache, v_cache). Optional: without it the runner uses
+        [NB, BS, Hk, D] for both."""
+        ...
+
     def plan(self, seqs: list[SeqSlice], block_size: int, device: torch.device) -> AttentionMetadata:
         """Build the step's metadata once; shared by every layer."""
         ...

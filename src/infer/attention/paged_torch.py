@@ -1,7 +1,8 @@
 """``attention=paged``: paged KV (block tables) with batched attention on any device.
 
-On CPU with fp32 KV (and ``cpu_kernel=True``) a compiled C++ kernel attends every token in
-place over its blocks (see csrc/paged_attention_cpu.cpp). Otherwise, in torch: decodes (one query each) are attended together: their blocks are gathered into one padded
+On CPU with fp32 KV (and ``cpu_kernel=True``) a compiled C++ kernel attends decodes and
+prefix-extending chunks in place over their blocks (see csrc/paged_attention_cpu.cpp);
+fresh prompts attend to their own new k/v with batched GEMMs. Otherwise, in torch: decodes (one query each) are attended together: their blocks are gathered into one padded
 [B, L, Hk, D] tensor and a single masked SDPA call covers the batch. Prefill chunks are
 attended per sequence (each is large, so the loop costs little); a chunk with no cached
 prefix attends to its fresh k/v directly without touching the cache.
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 
 from infer.attention import cpu_kernel
 from infer.attention.base import AttentionMetadata, SeqSlice, build_metadata
-from infer.attention.torch_ref import attend_one, gather_context, store_kv
+from infer.attention.torch_ref import attend_one, causal_prefill, gather_context, store_kv
 
 
 def plan_decode(
@@ -72,12 +73,20 @@ class PagedTorchBackend:
 
     def __init__(self, cpu_kernel: bool = True) -> None:
         self.cpu_kernel = cpu_kernel
+        self.use_kernel = False  # decided with the cache layout, in kv_cache_shapes
 
-    def _use_kernel(self, q: torch.Tensor, k_cache: torch.Tensor) -> bool:
-        return (
-            self.cpu_kernel and q.device.type == "cpu" and q.dtype == torch.float32
-            and k_cache.dtype == torch.float32 and cpu_kernel.available()
+    def kv_cache_shapes(
+        self, num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int,
+        dtype: torch.dtype, device: torch.device,
+    ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        self.use_kernel = (
+            self.cpu_kernel and device.type == "cpu" and dtype == torch.float32
+            and cpu_kernel.available()
         )
+        if self.use_kernel:
+            return cpu_kernel.kv_cache_shapes(num_blocks, block_size, num_kv_heads, head_dim)
+        shape = (num_blocks, block_size, num_kv_heads, head_dim)
+        return shape, shape
 
     def plan(self, seqs: list[SeqSlice], block_size: int, device: torch.device) -> AttentionMetadata:
         md = build_metadata(seqs, block_size, device)
@@ -96,12 +105,9 @@ class PagedTorchBackend:
         metadata: AttentionMetadata,
         scale: float,
     ) -> torch.Tensor:
+        if self.use_kernel:
+            return self._forward_kernel(q, k, v, kv_cache, metadata, scale)
         store_kv(k, v, kv_cache, metadata.slot_mapping)
-        if self._use_kernel(q, kv_cache[0]):
-            return cpu_kernel.paged_attention(
-                q, kv_cache[0], kv_cache[1], metadata.block_tables, metadata.query_start_loc,
-                metadata.context_lens, scale,
-            )
         nd = metadata.num_decodes
         if nd == metadata.num_seqs:
             return decode_attention(q, kv_cache, metadata.extra["decode"], scale)
@@ -118,5 +124,45 @@ class PagedTorchBackend:
                 bt = metadata.block_tables[i]
                 ki, vi = gather_context(kv_cache[0], bt, c), gather_context(kv_cache[1], bt, c)
             out[start : start + n] = attend_one(qi, ki, vi, scale)
+            start += n
+        return out
+
+    def _forward_kernel(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        kv_cache: tuple[torch.Tensor, torch.Tensor],
+        md: AttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor:
+        """Decodes and prefix extensions through the C++ kernel (memory-bound, reads each
+        block once); whole fresh prompts through GEMMs on their own k/v (compute-bound)."""
+        k_cache, v_cache = kv_cache
+        cpu_kernel.store_kv(k, v, k_cache, v_cache, md.slot_mapping)
+        nd = md.num_decodes
+        if nd == md.num_seqs:
+            return cpu_kernel.paged_attention(
+                q, k_cache, v_cache, md.block_tables, md.query_start_loc, md.context_lens, scale
+            )
+        out = torch.empty_like(q)
+        if nd:
+            out[:nd] = cpu_kernel.paged_attention(
+                q[:nd], k_cache, v_cache, md.block_tables[:nd], md.query_start_loc[: nd + 1],
+                md.context_lens[:nd], scale,
+            )
+        start = nd
+        for i in range(nd, md.num_seqs):
+            n, c = md.query_lens_list[i], md.context_lens_list[i]
+            if n == c:
+                out[start : start + n] = causal_prefill(
+                    q[start : start + n], k[start : start + n], v[start : start + n], scale
+                )
+            else:
+                qsl = torch.tensor([0, n], dtype=torch.int32)
+                out[start : start + n] = cpu_kernel.paged_attention(
+                    q[start : start + n], k_cache, v_cache, md.block_tables[i : i + 1], qsl,
+                    md.context_lens[i : i + 1], scale,
+                )
             start += n
         return out
