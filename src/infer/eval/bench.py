@@ -18,6 +18,12 @@ def _params(r: Request) -> SamplingParams:
     return SamplingParams(temperature=0.0, max_tokens=r.max_tokens, ignore_eos=r.ignore_eos)
 
 
+def _cache_stats(engine: Any) -> dict[str, float]:
+    """The cache policy's counters when it keeps any (prefix caches: cached_prompt_tokens)."""
+    fn = getattr(engine.scheduler.cache, "stats", None)
+    return {k: float(v) for k, v in fn().items()} if callable(fn) else {}
+
+
 def warmup(engine: Any, reqs: list[Request], n: int) -> None:
     """Run ``n`` short requests (2 tokens) so first-call costs stay out of the timings."""
     for r in reqs[: max(int(n), 0)]:
@@ -34,7 +40,10 @@ def run_requests(
     Requests without ``depends_on`` arrive at t=0 (``request_rate`` None/0) or as a Poisson
     process of ``request_rate`` req/s; dependents arrive when their dependency finishes.
     Returns the summary metrics (see ``latency.summarize``) plus peak_mem_mb, kv_usage_max,
-    batch_size_mean, steps, errors and ``_steps``: one dict per engine step (batch_size,
+    batch_size_mean, steps, errors, preemptions, computed_prompt_tokens (prompt tokens
+    actually run, recomputation included), prefix-cache counters of this run
+    (cached_prompt_tokens, evictions, prefix_hit_rate), ``_outputs`` (the RequestOutputs in
+    workload order) and ``_steps``: one dict per engine step (batch_size,
     kv_usage, step_ms, new_tokens, tok_s).
     """
     rng = random.Random(seed)
@@ -51,7 +60,9 @@ def run_requests(
             dependents.setdefault(r.depends_on, []).append(i)
 
     stats = engine.stats
-    n0, out0 = len(stats.batch_sizes), stats.output_tokens
+    n0, out0, cp0 = len(stats.batch_sizes), stats.output_tokens, stats.computed_prompt_tokens
+    pre0 = engine.scheduler.num_preemptions
+    cache0 = _cache_stats(engine)
     mem = PeakMemory(engine.runner.device)
     rid_idx: dict[str, int] = {}
     done: dict[int, Any] = {}
@@ -107,6 +118,17 @@ def run_requests(
         "peak_mem_mb": mem.peak_mb,
         "errors": float(sum(o.error is not None for o in outs_in_order)),
         "engine_output_tokens": float(stats.output_tokens - out0),
+        "preemptions": float(engine.scheduler.num_preemptions - pre0),
+        "computed_prompt_tokens": float(stats.computed_prompt_tokens - cp0),
     })
+    # prefix caches: counters over this run only (warm-up and earlier work excluded)
+    cache1 = _cache_stats(engine)
+    for k in ("cached_prompt_tokens", "evictions"):
+        if k in cache1:
+            m[k] = cache1[k] - cache0.get(k, 0.0)
+    if "cached_prompt_tokens" in cache1:
+        seen = cache1.get("prompt_tokens", 0.0) - cache0.get("prompt_tokens", 0.0)
+        m["prefix_hit_rate"] = m["cached_prompt_tokens"] / max(seen, 1.0)
+    m["_outputs"] = outs_in_order
     m["_steps"] = steps
     return m

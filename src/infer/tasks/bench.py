@@ -25,6 +25,7 @@ def run(engine: Any, cfg: DictConfig) -> dict[str, Any]:
     reqs = build_workload(cfg.workload, engine.tokenizer, cache_dir_of(cfg))
     warmup(engine, reqs, int(b.warmup))
     m = run_requests(engine, reqs, b.request_rate, int(b.seed))
+    m.pop("_outputs", None)  # RequestOutput objects: for scripts, not for metrics.json
     if baseline == "hf":
         from infer.eval.hf_baseline import load_hf, run_hf
 
