@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from infer.layers.ops import Ops
 
 
 def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -18,17 +23,18 @@ def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Ten
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm over the last dim; ``forward(x, residual)`` also returns x + residual."""
+    """RMSNorm over the last dim; ``forward(x, residual)`` also returns x + residual.
+    The math is ``ops.rms_norm`` / ``ops.fused_add_rms_norm`` (torch or Triton)."""
 
-    def __init__(self, hidden: int, eps: float, dtype: torch.dtype) -> None:
+    def __init__(self, hidden: int, eps: float, dtype: torch.dtype, ops: Ops) -> None:
         super().__init__()
         self.eps = eps
+        self.ops = ops
         self.weight = nn.Parameter(torch.ones(hidden, dtype=dtype), requires_grad=False)
 
     def forward(
         self, x: torch.Tensor, residual: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if residual is None:
-            return rms_norm_ref(x, self.weight, self.eps)
-        residual = x + residual
-        return rms_norm_ref(residual, self.weight, self.eps), residual
+            return self.ops.rms_norm(x, self.weight, self.eps)
+        return self.ops.fused_add_rms_norm(x, residual, self.weight, self.eps)

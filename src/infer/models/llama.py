@@ -16,7 +16,8 @@ from torch import nn
 from infer.forward_context import ForwardContext
 from infer.layers.linear import Linear
 from infer.layers.norm import RMSNorm
-from infer.layers.rotary import apply_rope, rope_cos_sin, rope_cos_sin_cache
+from infer.layers.ops import Ops, RopeFactors, torch_ops
+from infer.layers.rotary import rope_cos_sin_cache
 from infer.models.config import ModelArgs
 from infer.quant.base import QuantMethod
 
@@ -33,9 +34,12 @@ STACKED = {
 class LlamaAttention(nn.Module):
     """Fused qkv projection, optional q/k norm, rope, backend attention, output projection."""
 
-    def __init__(self, a: ModelArgs, layer_idx: int, quant: QuantMethod, dtype: torch.dtype) -> None:
+    def __init__(
+        self, a: ModelArgs, layer_idx: int, quant: QuantMethod, dtype: torch.dtype, ops: Ops
+    ) -> None:
         super().__init__()
         self.layer_idx = layer_idx
+        self.ops = ops
         self.nh, self.nkv, self.hd = a.num_heads, a.num_kv_heads, a.head_dim
         self.scale = self.hd**-0.5
         self.qkv_proj = Linear(
@@ -43,23 +47,21 @@ class LlamaAttention(nn.Module):
             a.qkv_bias, quant, dtype, ["q", "k", "v"],
         )
         self.o_proj = Linear(self.nh * self.hd, a.hidden_size, a.o_bias, quant, dtype)
-        self.q_norm = RMSNorm(self.hd, a.rms_norm_eps, dtype) if a.qk_norm else None
-        self.k_norm = RMSNorm(self.hd, a.rms_norm_eps, dtype) if a.qk_norm else None
+        self.q_norm = RMSNorm(self.hd, a.rms_norm_eps, dtype, ops) if a.qk_norm else None
+        self.k_norm = RMSNorm(self.hd, a.rms_norm_eps, dtype, ops) if a.qk_norm else None
 
-    def forward(
-        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], ctx: ForwardContext
-    ) -> torch.Tensor:
-        """x [T, hidden]; rope = per-step (cos, sin) [T, 1, rot_dim] -> [T, hidden]."""
+    def forward(self, x: torch.Tensor, rope: RopeFactors, ctx: ForwardContext) -> torch.Tensor:
+        """x [T, hidden]; rope = per-step factors from ``ops.rope_factors`` -> [T, hidden]."""
         t = x.shape[0]
         qkv = self.qkv_proj(x)
         nq, nk = self.nh * self.hd, self.nkv * self.hd
         v = qkv[:, nq + nk :].reshape(t, self.nkv, self.hd)
         if self.q_norm is not None and self.k_norm is not None:
-            q = apply_rope(self.q_norm(qkv[:, :nq].reshape(t, self.nh, self.hd)), *rope)
-            k = apply_rope(self.k_norm(qkv[:, nq : nq + nk].reshape(t, self.nkv, self.hd)), *rope)
+            q = self.ops.rotary(self.q_norm(qkv[:, :nq].reshape(t, self.nh, self.hd)), rope)
+            k = self.ops.rotary(self.k_norm(qkv[:, nq : nq + nk].reshape(t, self.nkv, self.hd)), rope)
         else:
             # q and k are adjacent in qkv: rotate both heads groups in one pass
-            qk = apply_rope(qkv[:, : nq + nk].reshape(t, self.nh + self.nkv, self.hd), *rope)
+            qk = self.ops.rotary(qkv[:, : nq + nk].reshape(t, self.nh + self.nkv, self.hd), rope)
             q, k = qk[:, : self.nh], qk[:, self.nh :]
         o = ctx.backend.forward(q, k, v, ctx.kv_caches[self.layer_idx], ctx.metadata, self.scale)
         return self.o_proj(o.reshape(t, self.nh * self.hd))
@@ -68,8 +70,9 @@ class LlamaAttention(nn.Module):
 class LlamaMLP(nn.Module):
     """SwiGLU: down(silu(gate(x)) * up(x)) with gate|up fused."""
 
-    def __init__(self, a: ModelArgs, quant: QuantMethod, dtype: torch.dtype) -> None:
+    def __init__(self, a: ModelArgs, quant: QuantMethod, dtype: torch.dtype, ops: Ops) -> None:
         super().__init__()
+        self.ops = ops
         self.inter = a.intermediate_size
         self.gate_up_proj = Linear(
             a.hidden_size, [self.inter, self.inter], a.mlp_bias, quant, dtype, ["gate", "up"]
@@ -77,25 +80,26 @@ class LlamaMLP(nn.Module):
         self.down_proj = Linear(self.inter, a.hidden_size, a.mlp_bias, quant, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gu = self.gate_up_proj(x)
-        return self.down_proj(F.silu(gu[:, : self.inter]) * gu[:, self.inter :])
+        return self.down_proj(self.ops.silu_and_mul(self.gate_up_proj(x)))
 
 
 class LlamaDecoderLayer(nn.Module):
     """Pre-norm block; the residual stream is carried separately so norms can fuse the add."""
 
-    def __init__(self, a: ModelArgs, idx: int, quant: QuantMethod, dtype: torch.dtype) -> None:
+    def __init__(
+        self, a: ModelArgs, idx: int, quant: QuantMethod, dtype: torch.dtype, ops: Ops
+    ) -> None:
         super().__init__()
-        self.self_attn = LlamaAttention(a, idx, quant, dtype)
-        self.mlp = LlamaMLP(a, quant, dtype)
-        self.input_layernorm = RMSNorm(a.hidden_size, a.rms_norm_eps, dtype)
-        self.post_attention_layernorm = RMSNorm(a.hidden_size, a.rms_norm_eps, dtype)
+        self.self_attn = LlamaAttention(a, idx, quant, dtype, ops)
+        self.mlp = LlamaMLP(a, quant, dtype, ops)
+        self.input_layernorm = RMSNorm(a.hidden_size, a.rms_norm_eps, dtype, ops)
+        self.post_attention_layernorm = RMSNorm(a.hidden_size, a.rms_norm_eps, dtype, ops)
 
     def forward(
         self,
         x: torch.Tensor,
         residual: torch.Tensor | None,
-        rope: tuple[torch.Tensor, torch.Tensor],
+        rope: RopeFactors,
         ctx: ForwardContext,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if residual is None:
@@ -110,22 +114,29 @@ class LlamaDecoderLayer(nn.Module):
 
 class LlamaForCausalLM(nn.Module):
     """Decoder stack + LM head. ``forward`` returns final hidden states [T, hidden];
-    ``compute_logits`` maps selected rows to fp32 logits [N, vocab]."""
+    ``compute_logits`` maps selected rows to fp32 logits [N, vocab]. ``ops`` (from the
+    kernels config; None = all torch) supplies norm, rope and activation math."""
 
     def __init__(
-        self, args: ModelArgs, quant: QuantMethod, dtype: torch.dtype, max_positions: int
+        self,
+        args: ModelArgs,
+        quant: QuantMethod,
+        dtype: torch.dtype,
+        max_positions: int,
+        ops: Ops | None = None,
     ) -> None:
         super().__init__()
         self.args = args
+        self.ops = ops if ops is not None else torch_ops()
         # _weight=empty skips the random init: the loader overwrites it anyway
         self.embed_tokens = nn.Embedding(
             args.vocab_size, args.hidden_size,
             _weight=torch.empty(args.vocab_size, args.hidden_size, dtype=dtype), _freeze=True,
         )
         self.layers = nn.ModuleList(
-            [LlamaDecoderLayer(args, i, quant, dtype) for i in range(args.num_layers)]
+            [LlamaDecoderLayer(args, i, quant, dtype, self.ops) for i in range(args.num_layers)]
         )
-        self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps, dtype)
+        self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps, dtype, self.ops)
         if args.tie_word_embeddings:
             self.lm_head = None
         else:
@@ -148,7 +159,7 @@ class LlamaForCausalLM(nn.Module):
     ) -> torch.Tensor:
         """input_ids, positions: int64 [T] -> hidden [T, hidden] (model dtype)."""
         x = self.embed_tokens(input_ids)
-        rope = rope_cos_sin(positions, self.cos_sin, x.dtype)
+        rope = self.ops.rope_factors(positions, self.cos_sin, x.dtype)
         residual = None
         for layer in self.layers:
             x, residual = layer(x, residual, rope, ctx)
