@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
+
+
+_FLOAT_FIELDS = ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty",
+                 "frequency_penalty")
+_INT_FIELDS = ("n", "top_k", "max_tokens", "min_tokens", "seed", "logprobs", "prompt_logprobs")
+_OPTIONAL_FIELDS = ("seed", "logprobs", "prompt_logprobs")
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, (int, numbers.Integral)) and not isinstance(v, bool)
+
+
+def _is_real(v: object) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
 @dataclass
@@ -38,8 +54,11 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
             self.stop = [self.stop]
-        self.stop = list(self.stop or [])
-        self.stop_token_ids = list(self.stop_token_ids or [])
+        for name in ("stop", "stop_token_ids"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, (list, tuple)):
+                raise ValueError(f"SamplingParams.{name}={v!r} is invalid; allowed: a list (or None)")
+            setattr(self, name, list(v or []))
         self.validate()
 
     def validate(self) -> None:
@@ -48,13 +67,24 @@ class SamplingParams:
         def bad(name: str, allowed: str) -> None:
             raise ValueError(f"SamplingParams.{name}={getattr(self, name)!r} is invalid; allowed: {allowed}")
 
-        if not isinstance(self.n, int) or self.n < 1:
+        # types first, so the range checks below never see a str, a bool, NaN or inf
+        for name in _FLOAT_FIELDS:
+            v = getattr(self, name)
+            if not _is_real(v) or not math.isfinite(v):
+                bad(name, "a finite number")
+        for name in _INT_FIELDS:
+            v = getattr(self, name)
+            if not (v is None and name in _OPTIONAL_FIELDS) and not _is_int(v):
+                bad(name, "an integer" + (" or None" if name in _OPTIONAL_FIELDS else ""))
+        if any(not _is_int(t) or t < 0 for t in self.stop_token_ids):
+            bad("stop_token_ids", "a list of token ids (integers >= 0)")
+        if not _is_int(self.n) or self.n < 1:
             bad("n", "an integer >= 1")
         if self.temperature < 0:
             bad("temperature", ">= 0 (0 means greedy)")
         if not (0.0 < self.top_p <= 1.0):
             bad("top_p", "(0, 1]")
-        if not isinstance(self.top_k, int) or self.top_k < -1:
+        if not _is_int(self.top_k) or self.top_k < -1:
             bad("top_k", "-1 or 0 (disabled) or a positive integer")
         if not (0.0 <= self.min_p <= 1.0):
             bad("min_p", "[0, 1]")
@@ -64,7 +94,7 @@ class SamplingParams:
             bad("presence_penalty", "[-2, 2]")
         if not (-2.0 <= self.frequency_penalty <= 2.0):
             bad("frequency_penalty", "[-2, 2]")
-        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+        if not _is_int(self.max_tokens) or self.max_tokens < 1:
             bad("max_tokens", "an integer >= 1")
         if self.min_tokens < 0 or self.min_tokens > self.max_tokens:
             bad("min_tokens", "0..max_tokens")
