@@ -12,7 +12,7 @@ from infer.eval.data import corpus_ids, load_text, windows
 from infer.eval.evaluate import cache_dir_of
 from infer.tasks.eval import run as eval_run
 
-WINDOW, N_WINDOWS = 512, 3
+WINDOW, N_WINDOWS = 512, 2
 
 
 def test_smollm2_perplexity_matches_hf() -> None:

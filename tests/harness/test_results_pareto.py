@@ -41,7 +41,7 @@ def test_plot_and_cli(tmp_path: Path) -> None:
     t = tmp_path / "results.csv"
     for i, (x, y) in enumerate([(10, 0.0), (20, 0.1), (15, 0.3)]):
         append_row(t, {"point": i, "overrides": f"experiment=pareto q={i}", "output_tok_s": x, "kl_mean": y})
-    assert point_labels(read_rows(t)) == ["q=0", "q=1", "q=2"]
+    assert point_labels(read_rows(t)) == ["0", "1", "2"]
     png, front = plot_pareto(t, tmp_path / "p.png")
     assert png.read_bytes()[:4] == b"\x89PNG" and [r["point"] for r in front] == ["0", "1"]
     r = subprocess.run([sys.executable, "scripts/pareto.py", str(t), "--y", "kl_mean"], cwd=REPO,

@@ -46,11 +46,16 @@ def pareto_front(xs: list[float], ys: list[float], x_max: bool = True, y_max: bo
     return sorted(front, key=lambda i: xs[i])
 
 
-def point_labels(rows: list[dict[str, str]]) -> list[str]:
+def varied_overrides(rows: list[dict[str, str]]) -> list[list[str]]:
     """Each row's overrides minus those shared by every row (what the sweep varied)."""
     toks = [r.get("overrides", "").split() for r in rows]
     common = set(toks[0]).intersection(*toks[1:]) if toks else set()
-    labels = [" ".join(t for t in ts if t not in common) for ts in toks]
+    return [[t for t in ts if t not in common] for ts in toks]
+
+
+def point_labels(rows: list[dict[str, str]]) -> list[str]:
+    """Short labels: the varied override values joined by '/' (e.g. 'radix/bfloat16')."""
+    labels = ["/".join(t.partition("=")[2] or t for t in ts) for ts in varied_overrides(rows)]
     return [lab or r.get("point", "") or "run" for lab, r in zip(labels, rows)]
 
 
@@ -74,16 +79,26 @@ def plot_pareto(
     front = pareto_front(xs, ys, x_max, y_max)
     labels = point_labels(rows)
 
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    keys = [t.partition("=")[0] for t in (varied_overrides(rows) or [[]])[0]]
+    fig, ax = plt.subplots(figsize=(8, 5))
     ax.scatter(xs, ys, c="tab:gray", label="sweep point", zorder=2)
-    ax.plot([xs[i] for i in front], [ys[i] for i in front], "-o", c="tab:red", label="Pareto front", zorder=3)
-    for i, lab in enumerate(labels):
-        ax.annotate(lab, (xs[i], ys[i]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    fx, fy = [xs[i] for i in front], [ys[i] for i in front]
+    # the boundary of what the front dominates: a staircase when better = right and down/up
+    ax.step(fx, fy, "-", where="pre" if y_max != x_max else "post", c="tab:red", zorder=3)
+    ax.scatter(fx, fy, c="tab:red", label="Pareto front", zorder=4)
+    order = sorted(range(len(xs)), key=lambda i: (xs[i], ys[i]))
+    for k, i in enumerate(order):  # alternate above/below so neighbours do not overlap
+        ax.annotate(labels[i], (xs[i], ys[i]), textcoords="offset points",
+                    xytext=(5, 6 if k % 2 == 0 else -12), fontsize=7)
+    lo, hi = min(xs), max(xs)
+    pad = (hi - lo) * 0.08 or abs(hi) * 0.1 or 1.0
+    ax.set_xlim(lo - pad, hi + 3 * pad)  # room for the labels on the right
     ax.set_xlabel(f"{x_title} ({'higher' if x_max else 'lower'} is better)")
     ax.set_ylabel(f"{y_title} ({'higher' if y_max else 'lower'} is better)")
     if logy:
         ax.set_yscale("symlog", linthresh=max(min((v for v in ys if v > 0), default=1e-6), 1e-9))
-    ax.set_title(title or f"{y} vs {x} ({len(rows)} points)")
+    ax.set_title(title or f"{y} vs {x} ({len(rows)} points"
+                 + (f"; labels: {' / '.join(keys)})" if keys else ")"), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
