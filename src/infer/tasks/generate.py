@@ -19,8 +19,23 @@ def chat_ids(tokenizer: Any, text: str) -> list[int]:
     return list(out["input_ids"] if hasattr(out, "keys") else out)
 
 
+def _workload_prompts(engine: Engine, cfg: DictConfig, use_chat: bool) -> list[tuple[str, list[int]]]:
+    """(text, token ids) of ``workload.prompts``; workloads without fixed prompts (synthetic,
+    sharegpt, ...) contribute their generated requests' prompts."""
+    tok = engine.tokenizer
+    if "prompts" in cfg.workload:
+        return [(p, chat_ids(tok, p) if use_chat else tok.encode(p, add_special_tokens=False))
+                for p in cfg.workload.prompts]
+    from infer.eval.build_workload import build_workload
+    from infer.eval.evaluate import cache_dir_of
+
+    reqs = build_workload(cfg.workload, tok, cache_dir_of(cfg))
+    return [(r.prompt or tok.decode(r.prompt_token_ids), r.prompt_token_ids) for r in reqs]
+
+
 def run(engine: Engine, cfg: DictConfig) -> dict[str, Any]:
-    """Generate for every prompt in ``cfg.workload.prompts``; print them; return metrics."""
+    """Generate for every prompt of ``cfg.workload`` (its ``prompts``, or its generator's
+    requests); print them; return metrics."""
     tok = engine.tokenizer
     t = cfg.task
     params = SamplingParams(
@@ -30,8 +45,7 @@ def run(engine: Engine, cfg: DictConfig) -> dict[str, Any]:
     use_chat = bool(t.chat) and getattr(tok, "chat_template", None)
     start = time.perf_counter()
     rids = []
-    for p in cfg.workload.prompts:
-        ids = chat_ids(tok, p) if use_chat else tok.encode(p, add_special_tokens=False)
+    for p, ids in _workload_prompts(engine, cfg, bool(use_chat)):
         rids.append(engine.add_request(p, ids, params))
     done = {}
     while engine.has_unfinished():
