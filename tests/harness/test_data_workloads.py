@@ -26,6 +26,10 @@ def test_text_file_and_dataset_folder(tmp_path: Path) -> None:
 
     datasets.Dataset.from_dict({"text": ["x y", "z"]}).save_to_disk(str(tmp_path / "ds"))
     assert load_rows(str(tmp_path / "ds"), tmp_path) == ["x y", "z"]
+    dd = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["a"]}),
+                               "test": datasets.Dataset.from_dict({"text": ["b"]})})
+    dd.save_to_disk(str(tmp_path / "dd"))
+    assert load_rows(str(tmp_path / "dd"), tmp_path, split="test") == ["b"]
     with pytest.raises(ValueError, match="no column"):
         load_rows(str(tmp_path / "ds"), tmp_path, field="body")
     with pytest.raises(FileNotFoundError):

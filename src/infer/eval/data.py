@@ -55,7 +55,7 @@ def load_rows(spec: str, cache_dir: Path, split: str = "test", field: str = "tex
         )
         field = "text"
     elif p.is_dir():
-        if (p / "dataset_info.json").exists() or (p / "state.json").exists():
+        if any((p / f).exists() for f in ("dataset_info.json", "state.json", "dataset_dict.json")):
             ds = datasets.load_from_disk(str(p))
         else:
             ds = datasets.load_dataset(str(p), cache_dir=ds_cache)
