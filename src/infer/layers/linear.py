@@ -59,9 +59,14 @@ class Linear(nn.Module):
     def weight_loader(
         self, param: nn.Parameter, loaded: torch.Tensor, shard_id: str | None = None
     ) -> None:
-        """Copy a checkpoint tensor (full precision) into ``param`` or one of its shards."""
+        """Copy a checkpoint tensor into ``param`` or one of its shards."""
         start, size = self.shard_offset(shard_id)
-        target = param.data.narrow(0, start, size) if shard_id is not None else param.data
+        target = param.data
+        if shard_id is not None:
+            # shards lie along the parameter's output dim; packed formats (AutoAWQ: 8 output
+            # columns per int32) store ``output_pack`` logical outputs per element
+            pack = getattr(param, "output_pack", 1)
+            target = target.narrow(getattr(param, "output_dim", 0), start // pack, size // pack)
         if tuple(target.shape) != tuple(loaded.shape):
             raise ValueError(
                 f"checkpoint tensor shape {tuple(loaded.shape)} does not match parameter shard "

@@ -16,7 +16,7 @@ from infer.layers.ops import Ops
 from infer.models.checkpoint import CheckpointError, iter_safetensors
 from infer.models.config import SUPPORTED_MODEL_TYPES, ModelArgs
 from infer.models.llama import STACKED, LlamaForCausalLM
-from infer.quant.base import QuantMethod
+from infer.quant.base import QuantContext, QuantMethod
 
 
 def load_hf_config(folder: Path):  # type: ignore[no-untyped-def]
@@ -65,7 +65,9 @@ def load_model(
 ) -> LlamaForCausalLM:
     """Instantiate the family's module from ``folder`` and load its safetensors weights.
     ``ops``: the resolved kernels config (None = all torch)."""
-    args = ModelArgs.from_hf(load_hf_config(folder))
+    hf_cfg = load_hf_config(folder)
+    args = ModelArgs.from_hf(hf_cfg)
+    quant.accept_checkpoint(checkpoint_quant_config(hf_cfg))
     # parameters are allocated uninitialized (torch.empty) on the target device; not on
     # "meta", because to_empty() would drop the per-parameter loader/sharding attributes
     with torch.device(device):
@@ -77,8 +79,46 @@ def load_model(
             f"checkpoint in {folder} is incomplete: {len(missing)} tensors missing, "
             f"e.g. {missing[:5]}"
         )
+    model.init_rope()  # calibration forwards need rope
+    ctx = QuantContext(folder, calibration_forward(model, dtype, device),
+                       lambda: _tokenizer(folder), getattr(model, "ops", None))
+    quant.prepare_model(model, ctx)
     for m in model.modules():
         if isinstance(m, Linear):
             m.quant.process_weights_after_loading(m)
-    model.init_rope()
     return model.eval()
+
+
+def checkpoint_quant_config(hf_cfg) -> dict | None:  # type: ignore[no-untyped-def,type-arg]
+    """config.json's ``quantization_config`` as a dict (None for full-precision checkpoints)."""
+    qc = getattr(hf_cfg, "quantization_config", None)
+    if qc is None or isinstance(qc, dict):
+        return qc
+    return qc.to_dict() if hasattr(qc, "to_dict") else dict(vars(qc))
+
+
+def _tokenizer(folder: Path):  # type: ignore[no-untyped-def]
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+
+
+def calibration_forward(model: LlamaForCausalLM, dtype: torch.dtype, device: torch.device):  # type: ignore[no-untyped-def]
+    """``run(seqs)``: one full forward of the token-id sequences (packed, causal per sequence,
+    reference attention over a throwaway contiguous KV cache). For quant calibration hooks."""
+    from infer.attention.base import SeqSlice
+    from infer.attention.torch_ref import TorchRefBackend
+    from infer.forward_context import ForwardContext
+
+    @torch.inference_mode()
+    def run(seqs: list[list[int]]) -> None:
+        a, backend, n = model.args, TorchRefBackend(), max(len(s) for s in seqs)
+        shape = (len(seqs), n, a.num_kv_heads, a.head_dim)
+        caches = [(torch.empty(shape, dtype=dtype, device=device),
+                   torch.empty(shape, dtype=dtype, device=device)) for _ in range(a.num_layers)]
+        md = backend.plan([SeqSlice(0, len(s), [i]) for i, s in enumerate(seqs)], n, device)
+        ids = torch.tensor([t for s in seqs for t in s], dtype=torch.long, device=device)
+        pos = torch.cat([torch.arange(len(s), device=device) for s in seqs])
+        model(ids, pos, ForwardContext(backend, md, caches))
+
+    return run

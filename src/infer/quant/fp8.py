@@ -1,0 +1,80 @@
+"""``quant=fp8``: float8_e4m3fn weights (per output channel scales) x float8_e4m3fn
+activations (dynamic per-token scales), fp32 accumulation.
+
+Storage: ``weight`` float8_e4m3fn [N, K], ``weight_scale`` fp32 [N].
+Math: ``y = (fp8(x / s_x) @ fp8(W / s_w).T) * s_x[t] * s_w[n] + bias``.
+  CUDA sm89+ (Ada/Hopper): ``torch._scaled_mm`` with row-wise scales for bf16 models, else
+      the ``fp8_scaled_gemm`` op (Triton kernel or torch reference: the kernels config's
+      choice; fp32/fp16 outputs).
+  elsewhere: emulation with the same roundings. Both operands are rounded through
+      torch.float8_e4m3fn; every e4m3 value is exact in fp32, so dequantize + fp32 matmul
+      gives the FP8 GEMM's products (accumulation order aside). On CPU, small batches run the
+      C++ kernel, which decodes e4m3 bytes in registers (1 byte per weight moved).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from infer_kernels import get_op
+from torch import nn
+
+from infer.quant import cpu_kernel
+from infer.quant.base import QuantContext, reject_quantized_checkpoint, replace_param
+from infer.quant.int8 import KERNEL_MAX_ROWS
+from infer.quant.none import NoQuant
+from infer.quant.quantize import FP8, fake_quant_per_token, fp8_per_channel
+
+
+def _hw_fp8(x: torch.Tensor) -> bool:
+    return x.is_cuda and torch.cuda.get_device_capability(x.device) >= (8, 9)
+
+
+class FP8WeightAct:
+    """FP8 (e4m3) weights and dynamic per-token FP8 activations.
+
+    Args:
+        use_scaled_mm: on sm89+ GPUs call ``torch._scaled_mm`` (else the Triton kernel).
+    """
+
+    name = "fp8"
+
+    def __init__(self, use_scaled_mm: bool = True) -> None:
+        self.use_scaled_mm = bool(use_scaled_mm)
+        self.ops: Any = None
+
+    def accept_checkpoint(self, quant_config: dict[str, Any] | None) -> None:
+        reject_quantized_checkpoint(self.name, quant_config)
+
+    def create_weights(
+        self, layer: nn.Module, in_features: int, out_features: int, dtype: torch.dtype
+    ) -> None:
+        NoQuant().create_weights(layer, in_features, out_features, dtype)
+
+    def prepare_model(self, model: nn.Module, ctx: QuantContext) -> None:
+        self.ops = ctx.ops
+
+    def process_weights_after_loading(self, layer: nn.Module) -> None:
+        q, scale = fp8_per_channel(layer.weight.data)
+        replace_param(layer, "weight", q, 0, 1)
+        replace_param(layer, "weight_scale", scale, 0, None)
+
+    def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        w, sw = layer.weight, layer.weight_scale
+        if x.shape[0] <= KERNEL_MAX_ROWS and cpu_kernel.usable(x):
+            b = bias if bias is not None else torch.empty(0)
+            xq = fake_quant_per_token(x, FP8)
+            return cpu_kernel.load().fp8_linear(xq, w.view(torch.uint8), sw, b)  # type: ignore[union-attr]
+        impl = "triton" if _hw_fp8(x) else "torch"
+        quant = self.ops.quantize_per_token_fp8 if self.ops else get_op("quantize_per_token_fp8", impl)
+        xq, sx = quant(x.contiguous())
+        if self.use_scaled_mm and x.dtype == torch.bfloat16 and _hw_fp8(x):
+            try:  # cuBLASLt row-wise scaled FP8 GEMM (bf16 out)
+                y = torch._scaled_mm(xq, w.t(), scale_a=sx, scale_b=sw.view(1, -1),
+                                     out_dtype=torch.bfloat16)
+                return y + bias if bias is not None else y
+            except RuntimeError:
+                pass  # a shape or build the cuBLASLt path refuses: the GEMM op takes it
+        gemm = self.ops.fp8_scaled_gemm if self.ops else get_op("fp8_scaled_gemm", impl)
+        return gemm(xq, w, sx, sw, x.dtype, bias)

@@ -1,0 +1,62 @@
+"""``quant=int8``: weight-only int8, symmetric per output channel; activations stay fp.
+
+Storage: ``weight`` int8 [N, K] and ``weight_scale`` fp32 [N] (W ~= weight * scale[n]).
+CPU decode runs the C++ kernel (int8 codes decoded in registers); other cases dequantize
+into the activation dtype and call F.linear.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from infer.quant import cpu_kernel
+from infer.quant.base import QuantContext, reject_quantized_checkpoint, replace_param
+from infer.quant.none import NoQuant
+from infer.quant.quantize import int8_per_channel
+
+# activation rows up to which the CPU kernel beats dequantize + F.linear (scripts/bench_quant.py)
+KERNEL_MAX_ROWS = 8
+
+
+def _bias(bias: torch.Tensor | None) -> torch.Tensor:
+    return bias if bias is not None else torch.empty(0)
+
+
+class Int8WeightOnly:
+    """int8 weights, fp activations (W8A16/W8A32)."""
+
+    name = "int8"
+
+    def accept_checkpoint(self, quant_config: dict[str, Any] | None) -> None:
+        reject_quantized_checkpoint(self.name, quant_config)
+
+    def create_weights(
+        self, layer: nn.Module, in_features: int, out_features: int, dtype: torch.dtype
+    ) -> None:
+        NoQuant().create_weights(layer, in_features, out_features, dtype)
+
+    def prepare_model(self, model: nn.Module, ctx: QuantContext) -> None:
+        return None
+
+    def process_weights_after_loading(self, layer: nn.Module) -> None:
+        q, scale = int8_per_channel(layer.weight.data)
+        replace_param(layer, "weight", q, 0, 1)
+        replace_param(layer, "weight_scale", scale, 0, None)
+
+    def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return int8_matmul(x, layer.weight, layer.weight_scale, bias)
+
+
+def int8_matmul(
+    x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """x [T, K] @ (w int8 [N, K] * scale [N]).T + bias, in x's dtype."""
+    if x.shape[0] <= KERNEL_MAX_ROWS and cpu_kernel.usable(x):
+        mod = cpu_kernel.load()
+        return mod.int8_linear(x.contiguous(), w, scale, _bias(bias))  # type: ignore[union-attr]
+    y = F.linear(x, w.to(x.dtype)) * scale.to(x.dtype)
+    return y + bias if bias is not None else y

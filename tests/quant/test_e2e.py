@@ -1,0 +1,41 @@
+"""Every scheme end to end on the tiny model through LLM(model='tiny', quant=...)."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+from conftest import calib_overrides  # type: ignore[import-not-found]
+
+from infer import LLM, SamplingParams
+
+SCHEMES = ["int8", "w8a8", "fp8", "int4", "awq"]
+PROMPT = list(range(100, 164))
+# relative logit error vs unquantized on the random tiny model (hidden 64, 2 layers; Gaussian
+# weights and activations without outliers, so AWQ has nothing to protect here): ~2x measured
+BOUND = {"int8": 0.04, "w8a8": 0.06, "fp8": 0.2, "int4": 0.5, "awq": 0.5}
+
+
+@pytest.fixture(scope="module")
+def fp_logits(oracle):  # type: ignore[no-untyped-def]
+    llm = LLM(model="tiny", kv_cache_tokens=4096)
+    out = oracle.engine_logits(llm, PROMPT)
+    del llm
+    gc.collect()
+    return out
+
+
+@pytest.mark.parametrize("quant", SCHEMES)
+def test_scheme_generates_and_stays_close(quant: str, fp_logits, oracle, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    llm = LLM(model="tiny", quant=quant, kv_cache_tokens=4096,
+              overrides=calib_overrides(quant, tmp_path))
+    assert llm.config.quant.name == quant
+    sp = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+    outs = llm.generate(["Hello there", "The capital of France is"], sp, use_tqdm=False)
+    assert [len(o.outputs[0].token_ids) for o in outs] == [6, 6]
+    logits = oracle.engine_logits(llm, PROMPT)
+    rel = float((logits - fp_logits).norm() / fp_logits.norm())
+    assert rel < BOUND[quant], f"{quant}: relative logit error {rel:.4f}"
+    assert rel > 0, "quantization changed nothing: is the method wired in?"
+    if quant in ("w8a8", "awq"):  # calibration results were cached
+        assert list((tmp_path / "quant_calib").glob("*.pt"))
