@@ -43,6 +43,7 @@ def main() -> None:
     ap.add_argument("--prefix-len", type=int, default=600)
     ap.add_argument("--conversations", type=int, default=4)
     ap.add_argument("--turns", type=int, default=8)
+    ap.add_argument("--workloads", nargs="+", default=["shared_prefix", "few_shot", "multi_turn"])
     ap.add_argument("--out", default="outputs/bench_prefix.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -57,6 +58,8 @@ def main() -> None:
     }
     res: dict[str, dict] = {}  # type: ignore[type-arg]
     for name, reqs in work.items():
+        if name not in args.workloads:
+            continue
         runs = {a: serve(llm, reqs) for a, llm in llms.items()}
         same = [o.outputs[0].token_ids for o in runs["paged"]["_outputs"]] == \
             [o.outputs[0].token_ids for o in runs["radix"]["_outputs"]]

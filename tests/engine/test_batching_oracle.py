@@ -54,12 +54,29 @@ def test_batch_equals_hf(prompts, batched, smollm2_hf, oracle) -> None:  # type:
     assert not mismatches, f"prompts {mismatches} differ from HF"
 
 
-def test_preemption_and_tiny_chunks_are_lossless(smollm2, prompts, batched) -> None:  # type: ignore[no-untyped-def]
-    # 12 prompts x up to 216 tokens cannot all fit in 640 KV slots: the scheduler must
-    # preempt (recompute) and still produce the same tokens; prefill chunks are 5 tokens.
-    sub = prompts[:12]
+@pytest.fixture(scope="module")
+def tiny_case(tiny_checkpoint, smollm2):  # type: ignore[no-untyped-def]
+    """A perturbed tiny Llama, 16 mixed prompts, and its plain batched greedy outputs."""
+    folder = str(tiny_checkpoint("llama"))
+    prompts = mixed_prompts(smollm2.get_tokenizer(), 16, seed=1)
     sp = SamplingParams(temperature=0, max_tokens=N_NEW, ignore_eos=True)
-    tight = LLM(kv_cache_tokens=640, max_model_len=640, max_num_batched_tokens=5)
-    outs = tight.generate([{"prompt_token_ids": p} for p in sub], sp, use_tqdm=False)
+    plain = LLM(model=folder).generate([{"prompt_token_ids": p} for p in prompts], sp, use_tqdm=False)
+    return folder, prompts, sp, [o.outputs[0].token_ids for o in plain]
+
+
+def test_preemption_is_lossless(tiny_case) -> None:  # type: ignore[no-untyped-def]
+    # 16 prompts x up to 216 tokens cannot all fit in 640 KV slots: the scheduler must
+    # preempt (recompute) and still produce the same tokens
+    folder, prompts, sp, plain = tiny_case
+    tight = LLM(model=folder, kv_cache_tokens=640, max_model_len=640)
+    outs = tight.generate([{"prompt_token_ids": p} for p in prompts], sp, use_tqdm=False)
     assert tight.engine.scheduler.num_preemptions > 0
-    assert [o.outputs[0].token_ids for o in outs] == batched[:12]
+    assert [o.outputs[0].token_ids for o in outs] == plain
+
+
+def test_tiny_prefill_chunks_are_lossless(tiny_case) -> None:  # type: ignore[no-untyped-def]
+    # a 3-token step budget: prompts are prefilled 3 tokens at a time, mixed with decodes
+    folder, prompts, sp, plain = tiny_case
+    chunky = LLM(model=folder, max_num_batched_tokens=3)
+    outs = chunky.generate([{"prompt_token_ids": p} for p in prompts], sp, use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in outs] == plain

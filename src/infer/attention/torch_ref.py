@@ -9,12 +9,17 @@ import torch
 import torch.nn.functional as F
 
 from infer.attention.base import AttentionMetadata, SeqSlice, build_metadata
+from infer.quant.kv_cache import dequantize
+from infer.quant.kv_cache import store_kv as store_quantized_kv
 
 
 def store_kv(
     k: torch.Tensor, v: torch.Tensor, kv_cache: tuple[torch.Tensor, torch.Tensor], slots: torch.Tensor
 ) -> None:
-    """Write k/v [T, Hk, D] into the caches' flat slot view at ``slots`` (int64 [T])."""
+    """Write k/v [T, Hk, D] into the caches' flat slot view at ``slots`` (int64 [T]).
+    A quantized cache (k, v, k_scale, v_scale) gets codes and scales (quant/kv_cache.py)."""
+    if len(kv_cache) == 4:
+        return store_quantized_kv(k, v, kv_cache, slots)
     k_cache, v_cache = kv_cache
     hk, d = k_cache.shape[-2:]
     k_cache.view(-1, hk, d).index_copy_(0, slots, k.to(k_cache.dtype))
@@ -24,10 +29,27 @@ def store_kv(
 def gather_context(
     cache: torch.Tensor, block_table: torch.Tensor, ctx_len: int
 ) -> torch.Tensor:
-    """The first ctx_len cached tokens of one sequence: [ctx_len, Hk, D]."""
+    """The first ctx_len cached tokens of one sequence: [ctx_len, Hk, D].
+
+    A single block (always the case for the contiguous cache) is sliced as a view; only
+    multi-block contexts are gathered, and only the blocks they use."""
     bs = cache.shape[1]
     nblocks = (ctx_len + bs - 1) // bs
+    if nblocks == 1:
+        return cache[int(block_table[0])][:ctx_len]
     return cache[block_table[:nblocks].long()].flatten(0, 1)[:ctx_len]
+
+
+def gather_kv(
+    kv_cache: tuple[torch.Tensor, ...], block_table: torch.Tensor, ctx_len: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """k, v [ctx_len, Hk, D] of one sequence; a quantized cache's blocks are dequantized."""
+    k = gather_context(kv_cache[0], block_table, ctx_len)
+    v = gather_context(kv_cache[1], block_table, ctx_len)
+    if len(kv_cache) == 4:
+        k = dequantize(k, gather_context(kv_cache[2], block_table, ctx_len), dtype)
+        v = dequantize(v, gather_context(kv_cache[3], block_table, ctx_len), dtype)
+    return k, v
 
 
 def attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
@@ -89,8 +111,7 @@ class TorchRefBackend:
         start = 0
         for i, (n, c) in enumerate(zip(metadata.query_lens_list, metadata.context_lens_list)):
             bt = metadata.block_tables[i]
-            kk = gather_context(kv_cache[0], bt, c)
-            vv = gather_context(kv_cache[1], bt, c)
+            kk, vv = gather_kv(kv_cache, bt, c, q.dtype)
             out[start : start + n] = attend_one(q[start : start + n], kk, vv, scale)
             start += n
         return out
