@@ -25,6 +25,8 @@ class LLM:
         dtype: model dtype override ("float32" | "bfloat16" | "float16").
         threads: torch intra-op threads (default: cores this process may use).
         overrides: extra Hydra overrides, e.g. ["attention.block_size=32"].
+        kv_cache_dtype: KV cache storage, "auto" (model dtype) | "int8" | "fp8" (the
+            top-level ``kv_cache_dtype`` key; None = the config's default).
         **engine_knobs: keys of the ``engine`` config (max_num_seqs, kv_cache_tokens, ...).
     """
 
@@ -39,6 +41,7 @@ class LLM:
         dtype: str | None = None,
         threads: int | None = None,
         overrides: list[str] | None = None,
+        kv_cache_dtype: str | None = None,
         **engine_knobs: Any,
     ) -> None:
         groups = {"attention": attention, "quant": quant, "spec": spec,
@@ -55,6 +58,8 @@ class LLM:
             values["model.dtype"] = dtype
         if threads is not None:
             values["threads"] = threads
+        if kv_cache_dtype is not None:
+            values["kv_cache_dtype"] = kv_cache_dtype
         self.config = compose_config(ov + list(overrides or []), values)
         self.engine = build(self.config)
         self.model_path: Path = self.engine.model_path  # type: ignore[attr-defined]

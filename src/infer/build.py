@@ -13,6 +13,7 @@ from infer.engine import Engine
 from infer.layers.ops import resolve_ops
 from infer.models.loader import load_model
 from infer.models.sources import resolve_model_path
+from infer.quant.kv_cache import parse_kv_cache_dtype
 from infer.runner import KVSpec, ModelRunner
 from infer.sampling import Sampler
 from infer.scheduler import Scheduler
@@ -61,7 +62,7 @@ def build(cfg: DictConfig) -> Engine:
     model = load_model(folder, quant, dtype, device, max_len, ops)
 
     block_size = int(cfg.attention.block_size or max_len)
-    kv_dtype = dtype
+    kv_dtype = parse_kv_cache_dtype(cfg.get("kv_cache_dtype"), dtype)
     probe = KVSpec(1, block_size, args.num_layers, args.num_kv_heads, args.head_dim, kv_dtype)
     num_blocks = kv_num_blocks(e, probe.bytes_per_token, block_size)
     if num_blocks * block_size < max_len:

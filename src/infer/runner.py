@@ -9,12 +9,14 @@ import torch
 from infer.attention.base import AttentionBackend, SeqSlice
 from infer.forward_context import ForwardContext
 from infer.models.llama import LlamaForCausalLM
+from infer.quant.kv_cache import is_quantized, scale_bytes_per_token
 from infer.scheduler import ScheduledSeq
 
 
 @dataclass(frozen=True)
 class KVSpec:
-    """Geometry of the paged KV memory."""
+    """Geometry of the paged KV memory. ``dtype`` is the storage dtype: the model's, or
+    int8 / float8_e4m3fn codes with per-token-per-head fp32 scales (quant/kv_cache.py)."""
 
     num_blocks: int
     block_size: int
@@ -26,7 +28,8 @@ class KVSpec:
     @property
     def bytes_per_token(self) -> int:
         elem = torch.empty((), dtype=self.dtype).element_size()
-        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * elem
+        codes = 2 * self.num_layers * self.num_kv_heads * self.head_dim * elem
+        return codes + scale_bytes_per_token(self.num_layers, self.num_kv_heads, self.dtype)
 
     @property
     def num_tokens(self) -> int:
@@ -58,6 +61,12 @@ class ModelRunner:
              torch.zeros(v_shape, dtype=kv.dtype, device=device))
             for _ in range(kv.num_layers)
         ]
+        if is_quantized(kv.dtype):  # (k, v, k_scale, v_scale): scales [NB, BS, Hk] fp32
+            sshape = (kv.num_blocks, kv.block_size, kv.num_kv_heads)
+            self.kv_caches = [  # type: ignore[misc]
+                (k, v, torch.zeros(sshape, device=device), torch.zeros(sshape, device=device))
+                for k, v in self.kv_caches
+            ]
 
     @torch.inference_mode()
     def execute(

@@ -71,3 +71,15 @@ def test_bad_shapes_raise() -> None:
     with pytest.raises(RuntimeError, match="scale"):
         mod.int8_linear(torch.randn(1, 16), torch.zeros(4, 16, dtype=torch.int8), torch.ones(3),
                         torch.empty(0))
+
+
+@pytest.mark.parametrize("fp8", [False, True])
+def test_fake_quant_rows_bit_exact(fp8: bool) -> None:
+    from infer.quant.quantize import fake_quant_per_token
+
+    x = torch.randn(7, 300) * torch.logspace(-3, 3, 7)[:, None]
+    x[2] = 0.0  # zero row
+    x[3, 5] = 1e4  # outlier
+    x[4, :] = torch.arange(300) - 150.0  # exact ties at .5 after scaling happen here
+    ref = fake_quant_per_token(x, FP8 if fp8 else torch.int8)
+    assert torch.equal(mod.fake_quant_rows(x, fp8), ref)

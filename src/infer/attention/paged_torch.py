@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 from infer.attention import cpu_kernel
 from infer.attention.base import AttentionMetadata, SeqSlice, build_metadata
-from infer.attention.torch_ref import attend_one, causal_prefill, gather_context, store_kv
+from infer.attention.torch_ref import attend_one, causal_prefill, gather_kv, store_kv
+from infer.quant.kv_cache import dequantize
 
 
 def plan_decode(
@@ -44,13 +45,16 @@ def decode_attention(
 
     ``plan`` comes from ``plan_decode`` (flat block ids [B * nb], mask [B, 1, 1, L] or None).
     """
-    k_cache, v_cache = kv_cache
+    k_cache, v_cache = kv_cache[0], kv_cache[1]
     b = q.shape[0]
     flat, mask = plan["flat_blocks"], plan["mask"]
     hk, d = k_cache.shape[-2:]
     # [B*nb, BS, Hk, D] -> [B, L, Hk, D] -> [B, Hk, L, D]
     k = k_cache.index_select(0, flat).view(b, -1, hk, d)  # type: ignore[arg-type]
     v = v_cache.index_select(0, flat).view(b, -1, hk, d)  # type: ignore[arg-type]
+    if len(kv_cache) == 4:  # int8/fp8 codes: dequantize the gathered blocks
+        k = dequantize(k, kv_cache[2].index_select(0, flat).view(b, -1, hk), q.dtype)  # type: ignore[arg-type]
+        v = dequantize(v, kv_cache[3].index_select(0, flat).view(b, -1, hk), q.dtype)  # type: ignore[arg-type]
     if mask is None:
         n = int(plan["max_context"])  # type: ignore[call-overload]
         k, v = k[:, :n], v[:, :n]
@@ -122,7 +126,7 @@ class PagedTorchBackend:
                 ki, vi = k[start : start + n], v[start : start + n]
             else:
                 bt = metadata.block_tables[i]
-                ki, vi = gather_context(kv_cache[0], bt, c), gather_context(kv_cache[1], bt, c)
+                ki, vi = gather_kv(kv_cache, bt, c, q.dtype)
             out[start : start + n] = attend_one(qi, ki, vi, scale)
             start += n
         return out

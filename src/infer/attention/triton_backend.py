@@ -102,8 +102,11 @@ class TritonBackend:
                 "attention=triton off CUDA runs under the Triton interpreter, which mis-loads "
                 "bfloat16; use model.dtype=float32/float16 or another attention backend"
             )
-        k_cache, v_cache = kv_cache
-        self._store(k, v, k_cache, v_cache, metadata.slot_mapping)
+        k_cache, v_cache = kv_cache[0], kv_cache[1]
+        # int8/fp8 caches carry per-token-per-head scales (quant/kv_cache.py); the kernels
+        # quantize on store and dequantize in the dot products
+        ks, vs = (kv_cache[2], kv_cache[3]) if len(kv_cache) == 4 else (None, None)
+        self._store(k, v, k_cache, v_cache, metadata.slot_mapping, ks, vs)
         p: TritonPlan = metadata.extra["triton"]
         nd = metadata.num_decodes
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
@@ -115,6 +118,8 @@ class TritonBackend:
                 p.decode_block_tables,
                 p.decode_context_lens,
                 scale,
+                k_scale=ks,
+                v_scale=vs,
                 num_splits=self.num_splits,
                 out=out[:nd],
             )
@@ -127,6 +132,8 @@ class TritonBackend:
                 p.prefill_query_start_loc,
                 p.prefill_context_lens,
                 scale,
+                k_scale=ks,
+                v_scale=vs,
                 out=out[nd:],
             )
         return out

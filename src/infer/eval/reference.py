@@ -20,6 +20,8 @@ from infer.config_loader import config_dir
 
 # the config subtrees that decide what the model computes
 ENGINE_GROUPS = ("model", "attention", "quant", "spec", "kernels", "parallel")
+# top-level keys that also change what the model computes (value when absent)
+ENGINE_KEYS = {"kv_cache_dtype": "auto"}
 CACHE_VERSION = 1
 
 
@@ -48,8 +50,11 @@ def derive_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
 
 
 def same_engine(a: DictConfig, b: DictConfig) -> bool:
-    """Whether two configs compute the same thing (equal ENGINE_GROUPS subtrees)."""
-    return all(_plain(a.get(g)) == _plain(b.get(g)) for g in ENGINE_GROUPS)
+    """Whether two configs compute the same thing (equal ENGINE_GROUPS subtrees and
+    ENGINE_KEYS values)."""
+    return all(_plain(a.get(g)) == _plain(b.get(g)) for g in ENGINE_GROUPS) and all(
+        a.get(k, d) == b.get(k, d) for k, d in ENGINE_KEYS.items()
+    )
 
 
 def _plain(node: Any) -> Any:
@@ -67,9 +72,11 @@ def model_fingerprint(folder: Path) -> str:
 
 def reference_key(ref_cfg: DictConfig, model_folder: Path, topk: int | None) -> str:
     """Hash of everything the reference outputs depend on (except the tokens)."""
+    cfg = {g: _plain(ref_cfg.get(g)) for g in ENGINE_GROUPS}
+    # ENGINE_KEYS enter only when not at their default, so existing cache keys stay valid
+    cfg.update({k: ref_cfg.get(k) for k, d in ENGINE_KEYS.items() if ref_cfg.get(k, d) != d})
     blob = json.dumps(
-        {"v": CACHE_VERSION, "model": model_fingerprint(model_folder), "topk": topk,
-         "cfg": {g: _plain(ref_cfg.get(g)) for g in ENGINE_GROUPS}},
+        {"v": CACHE_VERSION, "model": model_fingerprint(model_folder), "topk": topk, "cfg": cfg},
         sort_keys=True, default=str,
     )
     return hashlib.sha1(blob.encode()).hexdigest()[:16]

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from infer_kernels import get_op
 from torch import nn
 
@@ -24,7 +25,7 @@ from infer.quant import cpu_kernel
 from infer.quant.base import QuantContext, reject_quantized_checkpoint, replace_param
 from infer.quant.int8 import KERNEL_MAX_ROWS
 from infer.quant.none import NoQuant
-from infer.quant.quantize import FP8, fake_quant_per_token, fp8_per_channel
+from infer.quant.quantize import fp8_per_channel
 
 
 def _hw_fp8(x: torch.Tensor) -> bool:
@@ -35,13 +36,16 @@ class FP8WeightAct:
     """FP8 (e4m3) weights and dynamic per-token FP8 activations.
 
     Args:
-        use_scaled_mm: on sm89+ GPUs call ``torch._scaled_mm`` (else the Triton kernel).
+        use_scaled_mm: on sm89+ GPUs call ``torch._scaled_mm`` (else the fp8 GEMM op).
+        act_quant: quantize activations (the FP8 W8A8 scheme); False = weight-only FP8
+            (activations stay in the model dtype, as FP8 checkpoints run on pre-Ada GPUs).
     """
 
     name = "fp8"
 
-    def __init__(self, use_scaled_mm: bool = True) -> None:
+    def __init__(self, use_scaled_mm: bool = True, act_quant: bool = True) -> None:
         self.use_scaled_mm = bool(use_scaled_mm)
+        self.act_quant = bool(act_quant)
         self.ops: Any = None
 
     def accept_checkpoint(self, quant_config: dict[str, Any] | None) -> None:
@@ -63,9 +67,14 @@ class FP8WeightAct:
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         w, sw = layer.weight, layer.weight_scale
         if x.shape[0] <= KERNEL_MAX_ROWS and cpu_kernel.usable(x):
+            mod = cpu_kernel.load()
             b = bias if bias is not None else torch.empty(0)
-            xq = fake_quant_per_token(x, FP8)
-            return cpu_kernel.load().fp8_linear(xq, w.view(torch.uint8), sw, b)  # type: ignore[union-attr]
+            x = x.contiguous()
+            xq = mod.fake_quant_rows(x, True) if self.act_quant else x  # type: ignore[union-attr]
+            return mod.fp8_linear(xq, w.view(torch.uint8), sw, b)  # type: ignore[union-attr]
+        if not self.act_quant:
+            y = F.linear(x, w.to(x.dtype)) * sw.to(x.dtype)
+            return y + bias if bias is not None else y
         impl = "triton" if _hw_fp8(x) else "torch"
         quant = self.ops.quantize_per_token_fp8 if self.ops else get_op("quantize_per_token_fp8", impl)
         xq, sx = quant(x.contiguous())

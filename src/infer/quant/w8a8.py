@@ -28,7 +28,7 @@ from infer.quant.base import QuantContext, reject_quantized_checkpoint, replace_
 from infer.quant.fold import fold_input_scale, producers
 from infer.quant.int8 import KERNEL_MAX_ROWS
 from infer.quant.none import NoQuant
-from infer.quant.quantize import fake_quant_per_token, int8_per_channel
+from infer.quant.quantize import int8_per_channel
 
 
 class W8A8Int8:
@@ -107,9 +107,10 @@ class W8A8Int8:
         if smooth is not None:
             x = x * smooth
         if x.shape[0] <= KERNEL_MAX_ROWS and cpu_kernel.usable(x):
-            xq = fake_quant_per_token(x, torch.int8)
+            mod = cpu_kernel.load()
+            xq = mod.fake_quant_rows(x.contiguous(), False)  # type: ignore[union-attr]
             b = bias if bias is not None else torch.empty(0)
-            return cpu_kernel.load().int8_linear(xq, layer.weight, layer.weight_scale, b)  # type: ignore[union-attr]
+            return mod.int8_linear(xq, layer.weight, layer.weight_scale, b)  # type: ignore[union-attr]
         impl = "triton" if x.is_cuda else "torch"
         quant = self.ops.quantize_per_token_int8 if self.ops else get_op("quantize_per_token_int8", impl)
         gemm = self.ops.w8a8_int8_gemm if self.ops else get_op("w8a8_int8_gemm", impl)

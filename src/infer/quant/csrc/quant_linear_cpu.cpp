@@ -18,8 +18,10 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include <c10/util/Float8_e4m3fn.h>
 #include <immintrin.h>
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 namespace {
@@ -275,7 +277,40 @@ torch::Tensor int4_linear(torch::Tensor x, torch::Tensor w, torch::Tensor scale,
   return out;
 }
 
+// Dynamic per-row quantize + dequantize of activations, what a W8A8 / FP8 GEMM sees of x:
+// scale = amax / QMAX (127 or 448), q = round_half_even(x / scale) (int8, clamped) or the
+// RTNE e4m3 cast (fp8), out = q * scale. Bit-exact with infer_kernels' quantize_last_dim
+// followed by q.float() * scale; one call instead of a dozen small torch ops per layer.
+torch::Tensor fake_quant_rows(torch::Tensor x, bool fp8) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32 && x.is_contiguous(),
+              "fake_quant_rows: x must be contiguous fp32 [M, K]");
+  const int64_t M = x.size(0), K = x.size(1);
+  const float qmax = fp8 ? 448.f : 127.f;
+  auto out = torch::empty_like(x);
+  const float* xp = x.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  for (int64_t m = 0; m < M; ++m) {
+    const float* xr = xp + m * K;
+    float* orow = op + m * K;
+    float amax = 0.f;
+    for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(xr[k]));
+    const float scale = amax / qmax;
+    const float denom = scale > 0.f ? scale : 1.f;
+    for (int64_t k = 0; k < K; ++k) {
+      const float y = xr[k] / denom;
+      float q;
+      if (fp8)
+        q = static_cast<float>(c10::Float8_e4m3fn(std::min(std::max(y, -qmax), qmax)));
+      else
+        q = std::min(std::max(std::nearbyint(y), -qmax), qmax);
+      orow[k] = q * scale;
+    }
+  }
+  return out;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("fake_quant_rows", &fake_quant_rows, "per-row dynamic int8 / fp8 quantize-dequantize (fp32, CPU)");
   m.def("int8_linear", &int8_linear, "x @ (w_int8 * scale).T + bias (fp32, CPU)");
   m.def("fp8_linear", &fp8_linear, "x @ (float(w_e4m3) * scale).T + bias (fp32, CPU)");
   m.def("int4_linear", &int4_linear, "x @ (q4 * scale + offset).T + bias, group-wise (fp32, CPU)");
