@@ -83,3 +83,24 @@ def test_fake_quant_rows_bit_exact(fp8: bool) -> None:
     x[4, :] = torch.arange(300) - 150.0  # exact ties at .5 after scaling happen here
     ref = fake_quant_per_token(x, FP8 if fp8 else torch.int8)
     assert torch.equal(mod.fake_quant_rows(x, fp8), ref)
+
+
+@pytest.mark.parametrize("kind", ["int8", "fp8", "int4"])
+@pytest.mark.parametrize("m", [9, 33])
+def test_dequant_linear_chunked(kind: str, m: int) -> None:
+    n, k = 700, 576  # several ~1 MB chunks of rows
+    x, b = torch.randn(m, k), torch.randn(n)
+    e = torch.empty(0)
+    if kind == "int4":
+        codes, scales, zeros = int4_groups(torch.randn(n, k) * 0.05, 64)
+        offset = (-zeros.float() * scales).contiguous()
+        out = mod.dequant_linear(x, pack_int4_cpu(codes), scales, offset, 2, 64, b)
+        ref = F.linear(x, int4_dequant(codes, scales, zeros, 64), b)
+    else:
+        s = torch.rand(n) * 0.01
+        w = (torch.randint(-127, 128, (n, k), dtype=torch.int8) if kind == "int8"
+             else (torch.randn(n, k) * 50).to(FP8))
+        wb = w if kind == "int8" else w.view(torch.uint8)
+        out = mod.dequant_linear(x, wb, s, e, 0 if kind == "int8" else 1, 0, b)
+        ref = F.linear(x, w.float() * s[:, None], b)
+    _close(out, ref)

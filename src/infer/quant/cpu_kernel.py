@@ -59,3 +59,39 @@ def load() -> ModuleType | None:
 def usable(x: torch.Tensor) -> bool:
     """Whether the kernel can take activations ``x`` (fp32 on CPU, extension built)."""
     return x.device.type == "cpu" and x.dtype == torch.float32 and load() is not None
+
+
+# activation rows up to which the GEMV kernels beat chunked dequantize + GEMM on the 2-core
+# Xeon/EPYC machines (scripts/bench_quant.py, /tmp-free microbenchmarks in its docstring)
+KERNEL_MAX_ROWS = 8
+INT8, FP8, INT4 = 0, 1, 2
+_EMPTY = torch.empty(0)
+
+
+def linear(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    kind: int,
+    offset: torch.Tensor | None = None,
+    group_size: int = 0,
+) -> torch.Tensor:
+    """``x [M, K] @ dequant(w).T + bias`` on CPU fp32 (call only when ``usable(x)``).
+
+    kind INT8 / FP8: ``w`` [N, K] 1-byte codes (fp8 viewed as uint8), ``scale`` [N].
+    kind INT4: ``w`` uint8 [N, K/2] (pack_int4_cpu layout), ``scale``/``offset`` [N, K/G].
+    Up to KERNEL_MAX_ROWS rows: the GEMV kernels (weights decoded in registers); beyond:
+    chunks of weight rows dequantized into an L2-sized fp32 buffer and fed to the BLAS GEMM.
+    """
+    mod = load()
+    assert mod is not None, "cpu_kernel.linear called without the extension"
+    x = x.contiguous()
+    b = bias if bias is not None else _EMPTY
+    if x.shape[0] <= KERNEL_MAX_ROWS:
+        if kind == INT8:
+            return mod.int8_linear(x, w, scale, b)
+        if kind == FP8:
+            return mod.fp8_linear(x, w, scale, b)
+        return mod.int4_linear(x, w, scale, offset, group_size, b)
+    return mod.dequant_linear(x, w, scale, offset if offset is not None else _EMPTY, kind, group_size, b)

@@ -8,8 +8,8 @@ Math: ``y = (fp8(x / s_x) @ fp8(W / s_w).T) * s_x[t] * s_w[n] + bias``.
       choice; fp32/fp16 outputs).
   elsewhere: emulation with the same roundings. Both operands are rounded through
       torch.float8_e4m3fn; every e4m3 value is exact in fp32, so dequantize + fp32 matmul
-      gives the FP8 GEMM's products (accumulation order aside). On CPU, small batches run the
-      C++ kernel, which decodes e4m3 bytes in registers (1 byte per weight moved).
+      gives the FP8 GEMM's products (accumulation order aside). On CPU the C++ kernels decode
+      e4m3 bytes in registers (1 byte per weight moved; cpu_kernel.linear).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from torch import nn
 
 from infer.quant import cpu_kernel
 from infer.quant.base import QuantContext, reject_quantized_checkpoint, replace_param
-from infer.quant.int8 import KERNEL_MAX_ROWS
 from infer.quant.none import NoQuant
 from infer.quant.quantize import fp8_per_channel
 
@@ -66,12 +65,10 @@ class FP8WeightAct:
 
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         w, sw = layer.weight, layer.weight_scale
-        if x.shape[0] <= KERNEL_MAX_ROWS and cpu_kernel.usable(x):
-            mod = cpu_kernel.load()
-            b = bias if bias is not None else torch.empty(0)
+        if cpu_kernel.usable(x):
             x = x.contiguous()
-            xq = mod.fake_quant_rows(x, True) if self.act_quant else x  # type: ignore[union-attr]
-            return mod.fp8_linear(xq, w.view(torch.uint8), sw, b)  # type: ignore[union-attr]
+            xq = cpu_kernel.load().fake_quant_rows(x, True) if self.act_quant else x  # type: ignore[union-attr]
+            return cpu_kernel.linear(xq, w.view(torch.uint8), sw, bias, cpu_kernel.FP8)
         if not self.act_quant:
             y = F.linear(x, w.to(x.dtype)) * sw.to(x.dtype)
             return y + bias if bias is not None else y

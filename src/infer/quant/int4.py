@@ -20,7 +20,6 @@ from torch import nn
 
 from infer.quant import cpu_kernel
 from infer.quant.base import QuantContext, reject_quantized_checkpoint, replace_param
-from infer.quant.int8 import KERNEL_MAX_ROWS
 from infer.quant.none import NoQuant
 from infer.quant.quantize import (
     from_autoawq,
@@ -91,11 +90,9 @@ class Int4WeightOnly:
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         g = self.group_size
         if "w4" in layer._parameters:
-            if x.shape[0] <= KERNEL_MAX_ROWS and cpu_kernel.usable(x):
-                b = bias if bias is not None else torch.empty(0)
-                return cpu_kernel.load().int4_linear(  # type: ignore[union-attr]
-                    x.contiguous(), layer.w4, layer.w4_scale, layer.w4_offset, g, b
-                )
+            if cpu_kernel.usable(x):
+                return cpu_kernel.linear(x, layer.w4, layer.w4_scale, bias, cpu_kernel.INT4,
+                                         layer.w4_offset, g)
             return F.linear(x, dequant_cpu_layout(layer, g).to(x.dtype), bias)
         awq_gemm = self.ops.awq_gemm if self.ops is not None else get_op(
             "awq_gemm", "triton" if x.is_cuda else "torch"

@@ -1,8 +1,8 @@
 """``quant=int8``: weight-only int8, symmetric per output channel; activations stay fp.
 
 Storage: ``weight`` int8 [N, K] and ``weight_scale`` fp32 [N] (W ~= weight * scale[n]).
-CPU decode runs the C++ kernel (int8 codes decoded in registers); other cases dequantize
-into the activation dtype and call F.linear.
+On CPU (fp32) the C++ kernels run it (cpu_kernel.linear); other devices / dtypes convert
+the codes to the activation dtype inside F.linear.
 """
 
 from __future__ import annotations
@@ -17,13 +17,6 @@ from infer.quant import cpu_kernel
 from infer.quant.base import QuantContext, reject_quantized_checkpoint, replace_param
 from infer.quant.none import NoQuant
 from infer.quant.quantize import int8_per_channel
-
-# activation rows up to which the CPU kernel beats dequantize + F.linear (scripts/bench_quant.py)
-KERNEL_MAX_ROWS = 8
-
-
-def _bias(bias: torch.Tensor | None) -> torch.Tensor:
-    return bias if bias is not None else torch.empty(0)
 
 
 class Int8WeightOnly:
@@ -55,8 +48,7 @@ def int8_matmul(
     x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
 ) -> torch.Tensor:
     """x [T, K] @ (w int8 [N, K] * scale [N]).T + bias, in x's dtype."""
-    if x.shape[0] <= KERNEL_MAX_ROWS and cpu_kernel.usable(x):
-        mod = cpu_kernel.load()
-        return mod.int8_linear(x.contiguous(), w, scale, _bias(bias))  # type: ignore[union-attr]
+    if cpu_kernel.usable(x):
+        return cpu_kernel.linear(x, w, scale, bias, cpu_kernel.INT8)
     y = F.linear(x, w.to(x.dtype)) * scale.to(x.dtype)
     return y + bias if bias is not None else y

@@ -9,8 +9,8 @@ calibration forward; the ``1/s`` is folded into the producing norm / Linear rows
 or, where none exists (o_proj under GQA), multiplied into x inside ``apply`` (``smooth_inv``).
 
 Math per layer: ``y = (q_x @ q_w.T) * s_x[t] * s_w[n] + bias`` with int32 accumulation (the
-``w8a8_int8_gemm`` contract). On CPU, small batches run the int8 weight kernel on the
-dequantized int8 activations: the same products, summed in fp32 instead of int32 (exact
+``w8a8_int8_gemm`` contract; Triton on GPUs). On CPU (fp32) the int8 weight kernels run on
+the dequantized int8 activations: the same products, summed in fp32 instead of int32 (exact
 below 2^24; a relative 6e-8 difference beyond), at int8 weight-only speed.
 """
 
@@ -26,7 +26,6 @@ from infer.quant import calibration as cal
 from infer.quant import cpu_kernel
 from infer.quant.base import QuantContext, reject_quantized_checkpoint, replace_param
 from infer.quant.fold import fold_input_scale, producers
-from infer.quant.int8 import KERNEL_MAX_ROWS
 from infer.quant.none import NoQuant
 from infer.quant.quantize import int8_per_channel
 
@@ -106,11 +105,9 @@ class W8A8Int8:
         smooth = layer._parameters.get("smooth_inv")
         if smooth is not None:
             x = x * smooth
-        if x.shape[0] <= KERNEL_MAX_ROWS and cpu_kernel.usable(x):
-            mod = cpu_kernel.load()
-            xq = mod.fake_quant_rows(x.contiguous(), False)  # type: ignore[union-attr]
-            b = bias if bias is not None else torch.empty(0)
-            return mod.int8_linear(xq, layer.weight, layer.weight_scale, b)  # type: ignore[union-attr]
+        if cpu_kernel.usable(x):
+            xq = cpu_kernel.load().fake_quant_rows(x.contiguous(), False)  # type: ignore[union-attr]
+            return cpu_kernel.linear(xq, layer.weight, layer.weight_scale, bias, cpu_kernel.INT8)
         impl = "triton" if x.is_cuda else "torch"
         quant = self.ops.quantize_per_token_int8 if self.ops else get_op("quantize_per_token_int8", impl)
         gemm = self.ops.w8a8_int8_gemm if self.ops else get_op("w8a8_int8_gemm", impl)

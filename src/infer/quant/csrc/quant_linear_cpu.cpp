@@ -175,6 +175,56 @@ void int4_tile(const float* x, const float* xsum, int64_t K, int64_t G, const ui
 }
 #endif
 
+// Dequantize weight rows [n0, n0 + nr) into dst [nr, K] fp32 (kind 0 int8, 1 fp8, 2 int4).
+void dequant_rows(int kind, const uint8_t* w, const float* scale, const float* offset, int64_t K,
+                  int64_t G, int64_t n0, int64_t nr, float* dst) {
+  at::parallel_for(0, nr, 8, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = n0 + r;
+      float* d = dst + r * K;
+      if (kind == 2) {
+        const int64_t ng = K / G;
+        const uint8_t* wr = w + n * (K / 2);
+        for (int64_t g = 0; g < ng; ++g) {
+          const float sc = scale[n * ng + g], of = offset[n * ng + g];
+          for (int64_t k = g * G; k < (g + 1) * G; k += 32) {
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+            const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(wr + k / 2)));
+            const __m512 s = _mm512_set1_ps(sc), o = _mm512_set1_ps(of);
+            _mm512_storeu_ps(d + k, _mm512_fmadd_ps(
+                _mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32(0xF))), s, o));
+            _mm512_storeu_ps(d + k + 16, _mm512_fmadd_ps(
+                _mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4)), s, o));
+#else
+            for (int i = 0; i < 16; ++i) {
+              const uint8_t b = wr[k / 2 + i];
+              d[k + i] = (float)(b & 0xF) * sc + of;
+              d[k + 16 + i] = (float)(b >> 4) * sc + of;
+            }
+#endif
+          }
+        }
+        continue;
+      }
+      const uint8_t* wr = w + n * K;
+      const float sc = scale[n];
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+      const __m512 s = _mm512_set1_ps(sc);
+      for (int64_t k = 0; k < K; k += 16) {
+        const int64_t left = K - k;
+        const __mmask16 mask = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+        const __m128i b = _mm_maskz_loadu_epi8(mask, wr + k);
+        const __m512 f = kind == 0 ? DecodeInt8::run(b) : DecodeFp8::run(b);
+        _mm512_mask_storeu_ps(d + k, mask, _mm512_mul_ps(f, s));
+      }
+#else
+      for (int64_t k = 0; k < K; ++k)
+        d[k] = (kind == 0 ? DecodeInt8::one(wr[k]) : DecodeFp8::one(wr[k])) * sc;
+#endif
+    }
+  });
+}
+
 // Output rows across torch's intra-op threads in tiles of TILE; activation rows in chunks of
 // at most MAXR (each chunk re-reads the weights once).
 template <int TILE, typename Fn>
@@ -277,6 +327,43 @@ torch::Tensor int4_linear(torch::Tensor x, torch::Tensor w, torch::Tensor scale,
   return out;
 }
 
+// Larger batches: dequantize a chunk of weight rows (~1 MB of fp32, stays in L2) and let
+// the BLAS GEMM consume it, chunk after chunk. Weight bytes are read once per call and the
+// fp32 copy never exists in full; compute runs at fp32 GEMM speed.
+torch::Tensor dequant_linear(torch::Tensor x, torch::Tensor w, torch::Tensor scale,
+                             torch::Tensor offset, int64_t kind, int64_t group_size,
+                             torch::Tensor bias) {
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  check_x_bias(x, bias, N);
+  TORCH_CHECK(kind >= 0 && kind <= 2, "dequant_linear: kind must be 0 (int8), 1 (fp8) or 2 (int4)");
+  TORCH_CHECK(w.element_size() == 1 && w.is_contiguous() && w.dim() == 2 &&
+                  w.size(1) == (kind == 2 ? K / 2 : K),
+              "dequant_linear: w must be a contiguous 1-byte [N, K] ([N, K/2] for int4) tensor");
+  TORCH_CHECK(scale.scalar_type() == torch::kFloat32 && scale.is_contiguous(),
+              "dequant_linear: scale must be contiguous fp32");
+  if (kind == 2) {
+    TORCH_CHECK(K % 32 == 0 && group_size % 32 == 0 && K % group_size == 0 &&
+                    scale.numel() == N * (K / group_size) && offset.numel() == scale.numel() &&
+                    offset.is_contiguous() && offset.scalar_type() == torch::kFloat32,
+                "dequant_linear: int4 needs K % 32 == 0, group % 32 == 0, fp32 scale/offset [N, K/G]");
+  } else {
+    TORCH_CHECK(scale.numel() == N, "dequant_linear: scale must be fp32 [N]");
+  }
+  const int64_t chunk = std::max<int64_t>(16, std::min<int64_t>(N, (1 << 18) / K));
+  auto buf = torch::empty({chunk, K}, x.options());
+  auto out = torch::empty({M, N}, x.options());
+  const uint8_t* wp = static_cast<const uint8_t*>(w.data_ptr());
+  const float* op = kind == 2 ? offset.data_ptr<float>() : nullptr;
+  for (int64_t n0 = 0; n0 < N; n0 += chunk) {
+    const int64_t nc = std::min(chunk, N - n0);
+    dequant_rows((int)kind, wp, scale.data_ptr<float>(), op, K, group_size, n0, nc,
+                 buf.data_ptr<float>());
+    out.narrow(1, n0, nc).copy_(at::mm(x, buf.narrow(0, 0, nc).t()));
+  }
+  if (bias.numel()) out.add_(bias);
+  return out;
+}
+
 // Dynamic per-row quantize + dequantize of activations, what a W8A8 / FP8 GEMM sees of x:
 // scale = amax / QMAX (127 or 448), q = round_half_even(x / scale) (int8, clamped) or the
 // RTNE e4m3 cast (fp8), out = q * scale. Bit-exact with infer_kernels' quantize_last_dim
@@ -310,6 +397,7 @@ torch::Tensor fake_quant_rows(torch::Tensor x, bool fp8) {
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("dequant_linear", &dequant_linear, "chunked dequantize + GEMM for larger batches (fp32, CPU)");
   m.def("fake_quant_rows", &fake_quant_rows, "per-row dynamic int8 / fp8 quantize-dequantize (fp32, CPU)");
   m.def("int8_linear", &int8_linear, "x @ (w_int8 * scale).T + bias (fp32, CPU)");
   m.def("fp8_linear", &fp8_linear, "x @ (float(w_e4m3) * scale).T + bias (fp32, CPU)");
