@@ -84,7 +84,7 @@ def test_folding_scales_is_exact(folder_fixture: str, request, oracle) -> None: 
 @pytest.mark.parametrize("quant", ["awq", "int4"])
 def test_autoawq_checkpoint_roundtrip(quant: str, mha_tiny, tmp_path, oracle) -> None:  # type: ignore[no-untyped-def]
     """quant=awq (and int4) -> AutoAWQ GEMM folder -> quant=awq loads it: identical logits."""
-    ov = calib_overrides(quant, tmp_path / "cache") + ["quant.method.group_size=32"]
+    ov = calib_overrides(quant, tmp_path / "cache") + ["quant.group_size=32"]
     src = LLM(model=str(mha_tiny), quant=quant, kv_cache_tokens=4096, overrides=ov)
     ids = list(range(300, 340))
     want = oracle.engine_logits(src, ids)
@@ -129,7 +129,7 @@ def test_awq_calibration_cache_reused(tiny_folder, tmp_path, oracle) -> None:  #
     assert files[0].stat().st_mtime_ns == stamp  # read, not recomputed
     del b
     c = LLM(model=str(tiny_folder), quant="awq", kv_cache_tokens=4096,
-            overrides=[*ov, "quant.method.group_size=32"])
+            overrides=[*ov, "quant.group_size=32"])
     del c
     gc.collect()
     assert len(list((tmp_path / "quant_calib").glob("awq-*.pt"))) == 2  # new settings, new key

@@ -37,3 +37,8 @@ class PeakMemory:
         if self.cuda:
             return torch.cuda.max_memory_allocated(self.device) / 2**20
         return self.rss_peak
+
+
+def weight_mb(model: torch.nn.Module) -> float:
+    """MiB of the model's parameters as stored (quantized codes and scales included)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20

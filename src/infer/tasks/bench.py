@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from infer.eval.bench import run_requests, warmup
 from infer.eval.build_workload import build_workload
 from infer.eval.evaluate import cache_dir_of
+from infer.eval.memory import weight_mb
 from infer.utils import parse_dtype
 
 BASELINES = ("none", "hf")
@@ -26,6 +27,7 @@ def run(engine: Any, cfg: DictConfig) -> dict[str, Any]:
     warmup(engine, reqs, int(b.warmup))
     m = run_requests(engine, reqs, b.request_rate, int(b.seed))
     m.pop("_outputs", None)  # RequestOutput objects: for scripts, not for metrics.json
+    m["weight_mb"] = weight_mb(engine.runner.model)  # as stored: quantized schemes shrink it
     if baseline == "hf":
         from infer.eval.hf_baseline import load_hf, run_hf
 
