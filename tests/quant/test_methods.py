@@ -93,6 +93,8 @@ def test_awq_prequantized_fused_shards_load_from_autoawq_tensors() -> None:
     method.accept_checkpoint({"quant_method": "awq", "bits": 4, "group_size": 32,
                               "zero_point": True, "version": "GEMM"})
     assert method.prequantized and method.group_size == 32  # the checkpoint's group size wins
+    AWQ().accept_checkpoint({"quant_method": "awq", "bits": 4, "group_size": 128,
+                             "modules_to_not_convert": ["lm_head"]})  # lm_head: fine
     lin = Linear(K, SIZES, False, method, torch.float32, ["q", "k", "v"])
     assert lin.qweight.shape == (K, 128 // 8) and lin.qweight.output_pack == 8
     w = torch.randn(128, K) * 0.05
@@ -113,6 +115,7 @@ def test_awq_prequantized_fused_shards_load_from_autoawq_tensors() -> None:
     ({"quant_method": "gptq", "bits": 4}, "quant_method"),
     ({"quant_method": "awq", "bits": 8}, "bits"),
     ({"quant_method": "awq", "bits": 4, "version": "gemv"}, "GEMM"),
+    ({"quant_method": "awq", "bits": 4, "modules_to_not_convert": ["visual"]}, "visual"),
 ])
 def test_awq_rejects_other_checkpoints(qc, msg: str) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError, match=msg):

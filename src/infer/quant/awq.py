@@ -93,8 +93,10 @@ class AWQ(Int4WeightOnly):
             problems.append("zero_point=false (need asymmetric with zero points)")
         if str(qc.get("version", "gemm")).lower() != "gemm":
             problems.append(f"version={qc.get('version')!r} (need the GEMM packing)")
-        if qc.get("modules_to_not_convert"):
-            problems.append(f"modules_to_not_convert={qc['modules_to_not_convert']} (unsupported)")
+        # the LM head is never quantized here anyway; other exclusions are not supported
+        skipped = [m for m in (qc.get("modules_to_not_convert") or []) if m != "lm_head"]
+        if skipped:
+            problems.append(f"modules_to_not_convert={skipped} (unsupported)")
         if problems:
             raise ValueError("cannot load this quantized checkpoint with quant=awq: " + "; ".join(problems))
         self.group_size = int(qc.get("group_size", qc.get("q_group_size", 128)))

@@ -79,6 +79,20 @@ class QuantMethod(Protocol):
         ...
 
 
+class QuantMethodBase:
+    """Defaults for a method that quantizes full-precision weights after loading: refuse
+    pre-quantized checkpoints, no model-level step. Subclass it and write ``create_weights``,
+    ``process_weights_after_loading`` and ``apply`` (see int8.py for a 40-line example)."""
+
+    name = "base"
+
+    def accept_checkpoint(self, quant_config: dict[str, Any] | None) -> None:
+        reject_quantized_checkpoint(self.name, quant_config)
+
+    def prepare_model(self, model: nn.Module, ctx: QuantContext) -> None:
+        return None
+
+
 def reject_quantized_checkpoint(method: str, quant_config: dict[str, Any] | None) -> None:
     """For methods that quantize full-precision weights themselves: a pre-quantized checkpoint
     cannot be loaded (its tensors are qweight/scales, not weights)."""

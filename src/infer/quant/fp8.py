@@ -22,7 +22,7 @@ from infer_kernels import get_op
 from torch import nn
 
 from infer.quant import cpu_kernel
-from infer.quant.base import QuantContext, reject_quantized_checkpoint, replace_param
+from infer.quant.base import QuantContext, QuantMethodBase, replace_param
 from infer.quant.none import NoQuant
 from infer.quant.quantize import fp8_per_channel
 
@@ -31,7 +31,7 @@ def _hw_fp8(x: torch.Tensor) -> bool:
     return x.is_cuda and torch.cuda.get_device_capability(x.device) >= (8, 9)
 
 
-class FP8WeightAct:
+class FP8WeightAct(QuantMethodBase):
     """FP8 (e4m3) weights and dynamic per-token FP8 activations.
 
     Args:
@@ -46,9 +46,6 @@ class FP8WeightAct:
         self.use_scaled_mm = bool(use_scaled_mm)
         self.act_quant = bool(act_quant)
         self.ops: Any = None
-
-    def accept_checkpoint(self, quant_config: dict[str, Any] | None) -> None:
-        reject_quantized_checkpoint(self.name, quant_config)
 
     def create_weights(
         self, layer: nn.Module, in_features: int, out_features: int, dtype: torch.dtype

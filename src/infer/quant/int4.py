@@ -19,7 +19,7 @@ from infer_kernels import get_op
 from torch import nn
 
 from infer.quant import cpu_kernel
-from infer.quant.base import QuantContext, reject_quantized_checkpoint, replace_param
+from infer.quant.base import QuantContext, QuantMethodBase, replace_param
 from infer.quant.none import NoQuant
 from infer.quant.quantize import (
     from_autoawq,
@@ -30,7 +30,7 @@ from infer.quant.quantize import (
 )
 
 
-class Int4WeightOnly:
+class Int4WeightOnly(QuantMethodBase):
     """Group-wise asymmetric int4 weights (round to nearest), fp activations.
 
     Args:
@@ -49,9 +49,6 @@ class Int4WeightOnly:
         self.dtype = torch.float32  # the model dtype (create_weights records it)
 
     # -- loading ---------------------------------------------------------------------------
-    def accept_checkpoint(self, quant_config: dict[str, Any] | None) -> None:
-        reject_quantized_checkpoint(self.name, quant_config)
-
     def create_weights(
         self, layer: nn.Module, in_features: int, out_features: int, dtype: torch.dtype
     ) -> None:

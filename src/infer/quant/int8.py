@@ -7,33 +7,25 @@ the codes to the activation dtype inside F.linear.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from infer.quant import cpu_kernel
-from infer.quant.base import QuantContext, reject_quantized_checkpoint, replace_param
+from infer.quant.base import QuantMethodBase, replace_param
 from infer.quant.none import NoQuant
 from infer.quant.quantize import int8_per_channel
 
 
-class Int8WeightOnly:
+class Int8WeightOnly(QuantMethodBase):
     """int8 weights, fp activations (W8A16/W8A32)."""
 
     name = "int8"
-
-    def accept_checkpoint(self, quant_config: dict[str, Any] | None) -> None:
-        reject_quantized_checkpoint(self.name, quant_config)
 
     def create_weights(
         self, layer: nn.Module, in_features: int, out_features: int, dtype: torch.dtype
     ) -> None:
         NoQuant().create_weights(layer, in_features, out_features, dtype)
-
-    def prepare_model(self, model: nn.Module, ctx: QuantContext) -> None:
-        return None
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:
         q, scale = int8_per_channel(layer.weight.data)

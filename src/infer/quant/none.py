@@ -2,32 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from infer.quant.base import QuantContext, reject_quantized_checkpoint, set_dims
+from infer.quant.base import QuantMethodBase, set_dims
 
 
-class NoQuant:
+class NoQuant(QuantMethodBase):
     """Unquantized linear: ``F.linear`` on the model dtype. Also the full-precision stage of
     the methods that quantize after loading (they register the same ``weight``)."""
 
     name = "none"
-
-    def accept_checkpoint(self, quant_config: dict[str, Any] | None) -> None:
-        reject_quantized_checkpoint(self.name, quant_config)
 
     def create_weights(
         self, layer: nn.Module, in_features: int, out_features: int, dtype: torch.dtype
     ) -> None:
         weight = nn.Parameter(torch.empty(out_features, in_features, dtype=dtype), requires_grad=False)
         layer.register_parameter("weight", set_dims(weight, 0, 1))
-
-    def prepare_model(self, model: nn.Module, ctx: QuantContext) -> None:
-        return None
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:
         return None

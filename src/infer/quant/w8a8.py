@@ -24,13 +24,13 @@ from torch import nn
 
 from infer.quant import calibration as cal
 from infer.quant import cpu_kernel
-from infer.quant.base import QuantContext, reject_quantized_checkpoint, replace_param
+from infer.quant.base import QuantContext, QuantMethodBase, replace_param
 from infer.quant.fold import fold_input_scale, producers
 from infer.quant.none import NoQuant
 from infer.quant.quantize import int8_per_channel
 
 
-class W8A8Int8:
+class W8A8Int8(QuantMethodBase):
     """SmoothQuant W8A8.
 
     Args:
@@ -48,9 +48,6 @@ class W8A8Int8:
         self.calib = cal.CalibConfig.from_any(calib)
         self.cache_dir = cal.resolve_cache_dir(cache_dir)
         self.ops: Any = None
-
-    def accept_checkpoint(self, quant_config: dict[str, Any] | None) -> None:
-        reject_quantized_checkpoint(self.name, quant_config)
 
     def create_weights(
         self, layer: nn.Module, in_features: int, out_features: int, dtype: torch.dtype
