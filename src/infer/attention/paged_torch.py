@@ -10,6 +10,8 @@ prefix attends to its fresh k/v directly without touching the cache.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -109,64 +111,67 @@ class PagedTorchBackend:
         metadata: AttentionMetadata,
         scale: float,
     ) -> torch.Tensor:
+        md = metadata
         if self.use_kernel:
-            return self._forward_kernel(q, k, v, kv_cache, metadata, scale)
-        store_kv(k, v, kv_cache, metadata.slot_mapping)
-        nd = metadata.num_decodes
-        if nd == metadata.num_seqs:
-            return decode_attention(q, kv_cache, metadata.extra["decode"], scale)
-        out = torch.empty_like(q)
-        if nd:
-            out[:nd] = decode_attention(q[:nd], kv_cache, metadata.extra["decode"], scale)
-        start = nd
-        for i in range(nd, metadata.num_seqs):
-            n, c = metadata.query_lens_list[i], metadata.context_lens_list[i]
-            qi = q[start : start + n]
-            if n == c:  # no cached prefix: attend to the fresh k/v
-                ki, vi = k[start : start + n], v[start : start + n]
-            else:
-                bt = metadata.block_tables[i]
-                ki, vi = gather_kv(kv_cache, bt, c, q.dtype)
-            out[start : start + n] = attend_one(qi, ki, vi, scale)
-            start += n
-        return out
+            # decodes and prefix extensions: the C++ kernel (memory-bound, reads each block
+            # once); whole fresh prompts: GEMMs on their own k/v (compute-bound)
+            k_cache, v_cache = kv_cache
+            cpu_kernel.store_kv(k, v, k_cache, v_cache, md.slot_mapping)
 
-    def _forward_kernel(
-        self,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        kv_cache: tuple[torch.Tensor, torch.Tensor],
-        md: AttentionMetadata,
-        scale: float,
-    ) -> torch.Tensor:
-        """Decodes and prefix extensions through the C++ kernel (memory-bound, reads each
-        block once); whole fresh prompts through GEMMs on their own k/v (compute-bound)."""
-        k_cache, v_cache = kv_cache
-        cpu_kernel.store_kv(k, v, k_cache, v_cache, md.slot_mapping)
-        nd = md.num_decodes
-        if nd == md.num_seqs:
-            return cpu_kernel.paged_attention(
-                q, k_cache, v_cache, md.block_tables, md.query_start_loc, md.context_lens, scale
-            )
-        out = torch.empty_like(q)
-        if nd:
-            out[:nd] = cpu_kernel.paged_attention(
-                q[:nd], k_cache, v_cache, md.block_tables[:nd], md.query_start_loc[: nd + 1],
-                md.context_lens[:nd], scale,
-            )
-        start = nd
-        for i in range(nd, md.num_seqs):
-            n, c = md.query_lens_list[i], md.context_lens_list[i]
-            if n == c:
-                out[start : start + n] = causal_prefill(
-                    q[start : start + n], k[start : start + n], v[start : start + n], scale
+            def decodes(qd: torch.Tensor, nd: int) -> torch.Tensor:
+                return cpu_kernel.paged_attention(
+                    qd, k_cache, v_cache, md.block_tables[:nd], md.query_start_loc[: nd + 1],
+                    md.context_lens[:nd], scale,
                 )
-            else:
-                qsl = torch.tensor([0, n], dtype=torch.int32)
-                out[start : start + n] = cpu_kernel.paged_attention(
-                    q[start : start + n], k_cache, v_cache, md.block_tables[i : i + 1], qsl,
+
+            def extend(i: int, qi: torch.Tensor) -> torch.Tensor:
+                qsl = torch.tensor([0, qi.shape[0]], dtype=torch.int32)
+                return cpu_kernel.paged_attention(
+                    qi, k_cache, v_cache, md.block_tables[i : i + 1], qsl,
                     md.context_lens[i : i + 1], scale,
                 )
-            start += n
-        return out
+
+            return _split_attend(q, k, v, md, scale, decodes, causal_prefill, extend)
+
+        store_kv(k, v, kv_cache, md.slot_mapping)
+
+        def extend_torch(i: int, qi: torch.Tensor) -> torch.Tensor:
+            ki, vi = gather_kv(kv_cache, md.block_tables[i], md.context_lens_list[i], q.dtype)
+            return attend_one(qi, ki, vi, scale)
+
+        return _split_attend(
+            q, k, v, md, scale,
+            lambda qd, nd: decode_attention(qd, kv_cache, md.extra["decode"], scale),
+            attend_one, extend_torch,
+        )
+
+
+def _split_attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    md: AttentionMetadata,
+    scale: float,
+    decodes: Callable[[torch.Tensor, int], torch.Tensor],
+    fresh: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor],
+    extend: Callable[[int, torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """One step's attention, split the way the metadata orders it: the ``nd`` leading
+    decodes in one batched call, then each prefill chunk alone, either a whole fresh
+    prompt (``fresh`` on its own new k/v) or a chunk extending a cached prefix."""
+    nd = md.num_decodes
+    if nd == md.num_seqs:
+        return decodes(q, nd)
+    out = torch.empty_like(q)
+    if nd:
+        out[:nd] = decodes(q[:nd], nd)
+    start = nd
+    for i in range(nd, md.num_seqs):
+        n, c = md.query_lens_list[i], md.context_lens_list[i]
+        qi = q[start : start + n]
+        if n == c:
+            out[start : start + n] = fresh(qi, k[start : start + n], v[start : start + n], scale)
+        else:
+            out[start : start + n] = extend(i, qi)
+        start += n
+    return out

@@ -48,25 +48,6 @@ def rope_cos_sin_cache(
     return torch.cat([freqs.cos(), freqs.sin()], dim=-1)
 
 
-def apply_rotary_ref(
-    positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos_sin: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """positions [T]; q [T, Hq, D]; k [T, Hk, D]; returns rotated (q, k) in their dtype."""
-    cs = cos_sin.index_select(0, positions)
-    half = cs.shape[-1] // 2
-    cos = cs[:, None, :half]
-    sin = cs[:, None, half:]
-
-    def rot(x: torch.Tensor) -> torch.Tensor:
-        rd = 2 * half
-        xr = x[..., :rd].float()
-        x1, x2 = xr[..., :half], xr[..., half:]
-        out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
-        return out if rd == x.shape[-1] else torch.cat([out, x[..., rd:]], dim=-1)
-
-    return rot(q), rot(k)
-
-
 def rope_cos_sin(positions: torch.Tensor, cos_sin: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-step rope factors, computed once and shared by all layers.
 
