@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 
 import pytest
+import torch
 from conftest import calib_overrides  # type: ignore[import-not-found]
 
 from infer import LLM, SamplingParams
@@ -39,3 +40,25 @@ def test_scheme_generates_and_stays_close(quant: str, fp_logits, oracle, tmp_pat
     assert rel > 0, "quantization changed nothing: is the method wired in?"
     if quant in ("w8a8", "awq"):  # calibration results were cached
         assert list((tmp_path / "quant_calib").glob("*.pt"))
+
+
+def test_fp8_gptq_rounding_is_wired_in(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """quant=fp8 (rounding=gptq) keeps nearest's per-channel scales but stores other e4m3 codes
+    for some weights: the ones GPTQ moved to compensate its neighbours' rounding error."""
+    models = {}
+    for rounding in ("gptq", "nearest"):
+        llm = LLM(model="tiny", quant="fp8", kv_cache_tokens=4096,
+                  overrides=[*calib_overrides("fp8", tmp_path), f"quant.method.rounding={rounding}"])
+        models[rounding] = {n: (m.weight.view(torch.uint8).clone(), m.weight_scale.clone())
+                            for n, m in llm.engine.runner.model.named_modules() if hasattr(m, "weight_scale")}
+        del llm
+        gc.collect()
+    assert models["gptq"].keys() == models["nearest"].keys() and models["gptq"]
+    moved = 0.0
+    for name, (codes, scale) in models["gptq"].items():
+        near_codes, near_scale = models["nearest"][name]
+        torch.testing.assert_close(scale, near_scale, rtol=0, atol=0)
+        moved += float((codes != near_codes).float().mean())
+    moved /= len(models["gptq"])
+    # GPTQ moves a sizeable share of weights to the other neighbouring code, not all of them
+    assert 0.05 < moved < 0.6, f"share of codes GPTQ changed: {moved:.3f}"

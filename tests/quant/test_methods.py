@@ -41,7 +41,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize(
     "method,bound",
-    [(NoQuant(), 1e-6), (Int8WeightOnly(), 0.01), (FP8WeightAct(), 0.06),
+    [(NoQuant(), 1e-6), (Int8WeightOnly(), 0.01), (FP8WeightAct(rounding="nearest"), 0.06),
      (W8A8Int8(alpha=0.0), 0.02), (Int4WeightOnly(group_size=64), 0.15),
      (Int4WeightOnly(group_size=32), 0.12)],
     ids=["none", "int8", "fp8", "w8a8", "int4-g64", "int4-g32"],
@@ -56,7 +56,7 @@ def test_apply_close_to_fp(method, bound: float, rows: int) -> None:  # type: ig
         assert hasattr(p, "output_dim") or hasattr(p, "input_dim"), "untagged parameter"
 
 
-@pytest.mark.parametrize("method", [Int8WeightOnly(), FP8WeightAct(), W8A8Int8(alpha=0.0),
+@pytest.mark.parametrize("method", [Int8WeightOnly(), FP8WeightAct(rounding="nearest"), W8A8Int8(alpha=0.0),
                                     Int4WeightOnly(group_size=64)], ids=["int8", "fp8", "w8a8", "int4"])
 def test_kernel_paths_equal_torch_path(method, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     lin, _, _ = make(method)
@@ -122,7 +122,7 @@ def test_awq_rejects_other_checkpoints(qc, msg: str) -> None:  # type: ignore[no
         AWQ().accept_checkpoint(qc)
 
 
-@pytest.mark.parametrize("method", [NoQuant(), Int8WeightOnly(), FP8WeightAct(), W8A8Int8(),
+@pytest.mark.parametrize("method", [NoQuant(), Int8WeightOnly(), FP8WeightAct(rounding="nearest"), W8A8Int8(),
                                     Int4WeightOnly()], ids=["none", "int8", "fp8", "w8a8", "int4"])
 def test_fp_methods_reject_quantized_checkpoints(method) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError, match="quant=awq"):

@@ -1,6 +1,13 @@
 """``quant=fp8``: float8_e4m3fn weights (per output channel scales) x float8_e4m3fn
 activations (dynamic per-token scales), fp32 accumulation.
 
+Rounding of the weights (``rounding``): ``nearest`` casts ``W / s_w`` to e4m3 (what dynamic FP8
+in serving engines does); ``gptq`` (default) picks the e4m3 codes with GPTQ's error feedback on
+calibration text (gptq.py), layer by layer in one forward, each layer seeing the already
+rounded layers before it. Same grid, same scales (``s_w = max|W_n| / 448``), same kernels; only
+which neighbouring e4m3 value each weight takes changes. On SmolLM2 it cuts the weight part of
+FP8's perplexity loss by ~10x (experiments/README.md, study 02).
+
 Storage: ``weight`` float8_e4m3fn [N, K], ``weight_scale`` fp32 [N].
 Math: ``y = (fp8(x / s_x) @ fp8(W / s_w).T) * s_x[t] * s_w[n] + bias``.
   CUDA sm89+ (Ada/Hopper): ``torch._scaled_mm`` with row-wise scales for bf16 models, else
@@ -21,10 +28,14 @@ import torch.nn.functional as F
 from infer_kernels import get_op
 from torch import nn
 
+from infer.quant import calibration as cal
 from infer.quant import cpu_kernel
 from infer.quant.base import QuantContext, QuantMethodBase, replace_param
+from infer.quant.gptq import gptq_round, hessian
 from infer.quant.none import NoQuant
-from infer.quant.quantize import fp8_per_channel
+from infer.quant.quantize import fp8_codes, fp8_per_channel
+
+ROUNDINGS = ("gptq", "nearest")
 
 
 def _hw_fp8(x: torch.Tensor) -> bool:
@@ -38,13 +49,35 @@ class FP8WeightAct(QuantMethodBase):
         use_scaled_mm: on sm89+ GPUs call ``torch._scaled_mm`` (else the fp8 GEMM op).
         act_quant: quantize activations (the FP8 W8A8 scheme); False = weight-only FP8
             (activations stay in the model dtype, as FP8 checkpoints run on pre-Ada GPUs).
+        rounding: ``gptq`` (calibrated error feedback) or ``nearest`` (plain cast).
+        damp, block_size, act_order: GPTQ settings (gptq.gptq_round).
+        calib: calibration text settings (``CalibConfig`` fields), for ``gptq``.
+        cache_dir: where the calibration text is cached (None = the default cache dir).
     """
 
     name = "fp8"
 
-    def __init__(self, use_scaled_mm: bool = True, act_quant: bool = True) -> None:
+    def __init__(
+        self,
+        use_scaled_mm: bool = True,
+        act_quant: bool = True,
+        rounding: str = "gptq",
+        damp: float = 0.01,
+        block_size: int = 128,
+        act_order: bool = True,
+        calib: Any = None,
+        cache_dir: str | None = None,
+    ) -> None:
+        if rounding not in ROUNDINGS:
+            raise ValueError(f"quant.method.rounding={rounding!r} is not one of {list(ROUNDINGS)}")
+        if not float(damp) > 0 or int(block_size) < 1:
+            raise ValueError(f"quant.method.damp must be > 0 and block_size >= 1, got {damp}, {block_size}")
         self.use_scaled_mm = bool(use_scaled_mm)
         self.act_quant = bool(act_quant)
+        self.rounding = rounding
+        self.damp, self.block_size, self.act_order = float(damp), int(block_size), bool(act_order)
+        self.calib = cal.CalibConfig.from_any(calib)
+        self.cache_dir = cal.resolve_cache_dir(cache_dir)
         self.ops: Any = None
 
     def create_weights(
@@ -52,11 +85,39 @@ class FP8WeightAct(QuantMethodBase):
     ) -> None:
         NoQuant().create_weights(layer, in_features, out_features, dtype)
 
+    @torch.no_grad()
     def prepare_model(self, model: nn.Module, ctx: QuantContext) -> None:
         self.ops = ctx.ops
+        if self.rounding != "gptq":
+            return
+
+        def round_layer(_name: str, lin: nn.Module, x: torch.Tensor) -> None:
+            # a pre-hook: the rounded weights are in place before this layer runs, so later
+            # layers calibrate on the outputs the quantized model will produce (sequential GPTQ)
+            w = lin.weight.data
+            scale = w.float().abs().amax(1) / 448.0  # the per-channel scale nearest would use
+            lin.gptq_fp8_scale = scale
+
+            def to_grid(col: torch.Tensor, _j: int) -> torch.Tensor:
+                return fp8_codes(col[:, None], scale).float()[:, 0] * scale
+
+            w.copy_(gptq_round(w, hessian(x), to_grid, self.damp, self.block_size, self.act_order))
+
+        seqs = cal.calibration_sequences(self.calib, ctx.tokenizer(), self.cache_dir)
+        cal.run_with_hooks(model, ctx, seqs, round_layer)
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:
-        q, scale = fp8_per_channel(layer.weight.data)
+        if self.rounding == "gptq":
+            scale = layer.__dict__.pop("gptq_fp8_scale", None)
+            if scale is None:
+                raise RuntimeError(
+                    "quant=fp8 with rounding=gptq: this layer was not calibrated (prepare_model "
+                    "runs GPTQ over the whole model first); use quant.method.rounding=nearest "
+                    "to quantize a layer on its own"
+                )
+            q = fp8_codes(layer.weight.data, scale)  # the codes GPTQ chose (exact: w = code * s)
+        else:
+            q, scale = fp8_per_channel(layer.weight.data)
         replace_param(layer, "weight", q, 0, 1)
         replace_param(layer, "weight_scale", scale, 0, None)
 

@@ -26,6 +26,14 @@ def fp8_per_channel(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return quantize_last_dim(w, FP8)
 
 
+def fp8_codes(w: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``w [N, K]`` with GIVEN per-row scales ``[N]`` -> float8_e4m3fn codes [N, K]
+    (round to nearest even, clamped to +-448; a zero scale gives zero codes)."""
+    s = scale.float().to(w.device)
+    s = torch.where(s > 0, s, torch.ones_like(s))
+    return (w.float() / s[:, None]).clamp(-448.0, 448.0).to(FP8)
+
+
 def fake_quant_per_token(x: torch.Tensor, qdtype: torch.dtype) -> torch.Tensor:
     """Round ``x [T, K]`` through dynamic per-token int8 / fp8 and back (fp32 result): what a
     W8A8 / FP8 GEMM sees of its activations."""

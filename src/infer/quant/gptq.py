@@ -1,0 +1,86 @@
+"""GPTQ rounding (Frantar et al., ICLR 2023): choose each weight's code so the layer's output
+error on calibration inputs is small, not each weight's own error.
+
+Round-to-nearest minimizes ``|W - Q|`` entry by entry. GPTQ minimizes ``||X W.T - X Q.T||^2``
+over the calibration tokens ``X [T, K]``, whose curvature is ``H = X.T X [K, K]``: it rounds
+one input column at a time and spreads that column's rounding error over the columns not yet
+rounded, weighted by the inverse Hessian (Optimal Brain Surgeon's update), so correlated
+inputs cancel each other's error. The grid is unchanged (any per-column quantizer works:
+quant=fp8 passes e4m3 with fixed per-row scales), so storage and kernels are unchanged.
+
+Implementation notes (the paper's, all standard):
+  * dampening: ``H += damp * mean(diag H) * I`` keeps the Cholesky stable;
+  * dead inputs (``H[j, j] == 0``: never active in calibration) are zeroed, as they
+    contribute nothing to the loss;
+  * act_order: columns go in decreasing ``H[j, j]`` so the most active inputs are rounded
+    while the most freedom to compensate remains;
+  * lazy batch updates: errors within a block of ``block_size`` columns are applied in place,
+    the rest of the matrix is updated once per block (one GEMM).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+# (column [N] fp32, index of the column in the ORIGINAL order) -> rounded column [N] fp32
+ColumnQuantizer = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+def hessian(x: torch.Tensor) -> torch.Tensor:
+    """``x [T, K]`` -> ``X.T X / T`` fp32 [K, K] (the loss's curvature up to a factor 2)."""
+    xf = x.reshape(-1, x.shape[-1]).float()
+    return (xf.T @ xf) / max(1, xf.shape[0])
+
+
+@torch.no_grad()
+def gptq_round(
+    w: torch.Tensor,
+    h: torch.Tensor,
+    quantize: ColumnQuantizer,
+    damp: float = 0.01,
+    block_size: int = 128,
+    act_order: bool = True,
+) -> torch.Tensor:
+    """Round ``w [N, K]`` column by column with GPTQ's error feedback.
+
+    Args:
+        w: weights [N, K] (any float dtype; the work is fp32).
+        h: input Hessian [K, K] (``hessian(x)``, summed over calibration batches).
+        quantize: rounds one column onto the target grid (see ``ColumnQuantizer``).
+        damp: relative dampening added to the diagonal (fraction of its mean).
+        block_size: columns per lazy-update block.
+        act_order: process columns in decreasing ``diag(h)`` order.
+    Returns:
+        fp32 [N, K]: the rounded weights, every column an output of ``quantize``.
+    """
+    if w.dim() != 2 or h.shape != (w.shape[1], w.shape[1]):
+        raise ValueError(f"gptq_round: w [N, K] and h [K, K] needed, got {tuple(w.shape)} and {tuple(h.shape)}")
+    if damp <= 0:
+        raise ValueError(f"gptq damp must be > 0, got {damp}")
+    n, k = w.shape
+    wk = w.float().clone()
+    hk = h.float().clone().to(wk.device)
+    dead = hk.diagonal() == 0
+    hk[dead, dead] = 1.0
+    wk[:, dead] = 0.0
+    perm = torch.argsort(hk.diagonal(), descending=True) if act_order else torch.arange(k, device=wk.device)
+    wk, hk = wk[:, perm], hk[perm][:, perm]
+    hk += damp * hk.diagonal().mean() * torch.eye(k, device=hk.device)
+    # upper Cholesky factor of H^-1: row i holds column i's error-propagation coefficients
+    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(hk)), upper=True)
+    q = torch.empty_like(wk)
+    for b0 in range(0, k, block_size):
+        b1 = min(b0 + block_size, k)
+        blk = wk[:, b0:b1].clone()
+        err = torch.empty_like(blk)
+        hb = hinv[b0:b1, b0:b1]
+        for i in range(b1 - b0):
+            col = quantize(blk[:, i], int(perm[b0 + i]))
+            q[:, b0 + i] = col
+            e = (blk[:, i] - col) / hb[i, i]
+            blk[:, i + 1 :] -= e[:, None] * hb[i, i + 1 :][None, :]
+            err[:, i] = e
+        wk[:, b1:] -= err @ hinv[b0:b1, b1:]
+    return q[:, torch.argsort(perm)]
