@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 from infer.logging.results import read_rows
 
@@ -59,6 +60,29 @@ def point_labels(rows: list[dict[str, str]]) -> list[str]:
     return [lab or r.get("point", "") or "run" for lab, r in zip(labels, rows)]
 
 
+# label offsets tried in turn (points): right of the point first, then above / below it
+_LABEL_OFFSETS = [(7, 0), (7, 11), (7, -11), (-7, 0), (7, 22), (7, -22), (-7, 11), (-7, -11)]
+
+
+def _place_labels(fig: Any, ax: Any, xs: list[float], ys: list[float], labels: list[str]) -> None:
+    """Label every point at the first offset whose text box overlaps neither an earlier
+    label nor another point (the first offset if none is free), so close points keep
+    their labels apart and each label sits beside its own point."""
+    renderer = fig.canvas.get_renderer()
+    pts = ax.transData.transform(list(zip(xs, ys)))
+    placed: list[Any] = []
+    for i in sorted(range(len(xs)), key=lambda j: (xs[j], ys[j])):
+        for n, (dx, dy) in enumerate(_LABEL_OFFSETS):
+            t = ax.annotate(labels[i], (xs[i], ys[i]), textcoords="offset points", xytext=(dx, dy),
+                            fontsize=7, va="center", ha="left" if dx > 0 else "right")
+            box = t.get_window_extent(renderer).expanded(1.05, 1.2)
+            hits_point = any(box.contains(px, py) for j, (px, py) in enumerate(pts) if j != i)
+            if not (hits_point or any(box.overlaps(b) for b in placed)) or n == len(_LABEL_OFFSETS) - 1:
+                placed.append(box)
+                break
+            t.remove()
+
+
 def plot_pareto(
     table: Path, out: Path, x: str = "output_tok_s", y: str = "kl_mean",
     title: str | None = None, logy: bool = False,
@@ -86,10 +110,6 @@ def plot_pareto(
     # the boundary of what the front dominates: a staircase when better = right and down/up
     ax.step(fx, fy, "-", where="pre" if y_max != x_max else "post", c="tab:red", zorder=3)
     ax.scatter(fx, fy, c="tab:red", label="Pareto front", zorder=4)
-    order = sorted(range(len(xs)), key=lambda i: (xs[i], ys[i]))
-    for k, i in enumerate(order):  # alternate above/below so neighbours do not overlap
-        ax.annotate(labels[i], (xs[i], ys[i]), textcoords="offset points",
-                    xytext=(5, 6 if k % 2 == 0 else -12), fontsize=7)
     lo, hi = min(xs), max(xs)
     pad = (hi - lo) * 0.08 or abs(hi) * 0.1 or 1.0
     ax.set_xlim(lo - pad, hi + 3 * pad)  # room for the labels on the right
@@ -102,6 +122,7 @@ def plot_pareto(
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
+    _place_labels(fig, ax, xs, ys, labels)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
     plt.close(fig)

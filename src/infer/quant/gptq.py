@@ -70,6 +70,7 @@ def gptq_round(
     hk += damp * hk.diagonal().mean() * torch.eye(k, device=hk.device)
     # upper Cholesky factor of H^-1: row i holds column i's error-propagation coefficients
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(hk)), upper=True)
+    order = perm.tolist()  # host copy: no device sync per column
     q = torch.empty_like(wk)
     for b0 in range(0, k, block_size):
         b1 = min(b0 + block_size, k)
@@ -77,7 +78,7 @@ def gptq_round(
         err = torch.empty_like(blk)
         hb = hinv[b0:b1, b0:b1]
         for i in range(b1 - b0):
-            col = quantize(blk[:, i], int(perm[b0 + i]))
+            col = quantize(blk[:, i], order[b0 + i])
             q[:, b0 + i] = col
             e = (blk[:, i] - col) / hb[i, i]
             blk[:, i + 1 :] -= e[:, None] * hb[i, i + 1 :][None, :]
