@@ -1,4 +1,5 @@
-"""Fixtures for the quantization tests: small calibration settings, an MHA tiny model."""
+"""Fixtures for the quantization tests: an MHA tiny model, the tiny GQA folder
+(calibration settings: quant_settings.py)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
-# calibration small enough for a tiny model on a 2-core CPU
-CALIB = ["quant.method.calib.num_seqs=4", "quant.method.calib.seq_len=64"]
-
-
-def calib_overrides(quant: str, cache_dir: Path) -> list[str]:
-    """Overrides for LLM(..., overrides=...) that keep calibration fast and its cache private."""
-    if quant in ("w8a8", "awq", "fp8"):
-        return [*CALIB, f"quant.method.cache_dir={cache_dir}"]
-    return []
 
 
 @pytest.fixture(scope="session")

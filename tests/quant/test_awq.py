@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import calib_overrides  # type: ignore[import-not-found]
+from quant_settings import calib_overrides  # type: ignore[import-not-found]
 from safetensors.torch import load_file
 
 from infer import LLM

@@ -62,6 +62,14 @@ def test_gptq_with_diagonal_hessian_is_round_to_nearest() -> None:
     assert torch.equal(fp8_codes(q, scale).view(torch.uint8), fp8_per_channel(w)[0].view(torch.uint8))
 
 
+def test_gptq_rank_deficient_hessian_gets_more_dampening() -> None:
+    """Fewer calibration tokens than inputs: H is singular; a tiny damp must not crash."""
+    w, x = _data()
+    _, to_grid = _fp8_grid(w)
+    q = gptq_round(w, hessian(x[:8]), to_grid, damp=1e-12)
+    assert bool(torch.isfinite(q).all())
+
+
 def test_gptq_dead_inputs_are_zeroed_and_shapes_checked() -> None:
     w, x = _data()
     x[:, 5] = 0.0  # an input channel never active in calibration
@@ -96,8 +104,8 @@ def test_fp8_gptq_layer_keeps_the_codes_gptq_chose() -> None:
     scale, to_grid = _fp8_grid(w)
     q = gptq_round(w, hessian(x), to_grid)
     lin.weight.data.copy_(q)
-    lin.gptq_fp8_scale = scale
+    lin.gptq_fp8 = (fp8_codes(q, scale), scale)
     method.process_weights_after_loading(lin)
     assert lin.weight.dtype == FP8 and torch.equal(lin.weight_scale, scale)
     assert torch.equal(lin.weight.float() * scale[:, None], q)
-    assert "gptq_fp8_scale" not in lin.__dict__
+    assert "gptq_fp8" not in lin.__dict__

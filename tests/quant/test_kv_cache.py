@@ -100,7 +100,7 @@ def test_every_backend_serves_a_quantized_cache(attention: str, kv: str, fp_gree
 
 @pytest.mark.parametrize("quant", ["int8", "awq"])
 def test_kv_quant_composes_with_weight_quant(quant: str, tmp_path) -> None:
-    from conftest import calib_overrides  # type: ignore[import-not-found]
+    from quant_settings import calib_overrides  # type: ignore[import-not-found]
 
     llm = LLM(model="tiny", quant=quant, kv_cache_dtype="int8", kv_cache_tokens=4096,
               overrides=calib_overrides(quant, tmp_path))

@@ -77,10 +77,15 @@ def _place_labels(fig: Any, ax: Any, xs: list[float], ys: list[float], labels: l
                             fontsize=7, va="center", ha="left" if dx > 0 else "right")
             box = t.get_window_extent(renderer).expanded(1.05, 1.2)
             hits_point = any(box.contains(px, py) for j, (px, py) in enumerate(pts) if j != i)
-            if not (hits_point or any(box.overlaps(b) for b in placed)) or n == len(_LABEL_OFFSETS) - 1:
+            if not (hits_point or any(box.overlaps(b) for b in placed)):
                 placed.append(box)
                 break
             t.remove()
+        else:  # no free spot: the first offset, overlapping
+            dx, dy = _LABEL_OFFSETS[0]
+            t = ax.annotate(labels[i], (xs[i], ys[i]), textcoords="offset points", xytext=(dx, dy),
+                            fontsize=7, va="center", ha="left")
+            placed.append(t.get_window_extent(renderer))
 
 
 def plot_pareto(

@@ -47,7 +47,8 @@ def gptq_round(
 
     Args:
         w: weights [N, K] (any float dtype; the work is fp32).
-        h: input Hessian [K, K] (``hessian(x)``, summed over calibration batches).
+        h: input Hessian [K, K] (``hessian(x)``: any positive multiple works, ``damp`` is
+            relative).
         quantize: rounds one column onto the target grid (see ``ColumnQuantizer``).
         damp: relative dampening added to the diagonal (fraction of its mean).
         block_size: columns per lazy-update block.
@@ -66,10 +67,9 @@ def gptq_round(
     hk[dead, dead] = 1.0
     wk[:, dead] = 0.0
     perm = torch.argsort(hk.diagonal(), descending=True) if act_order else torch.arange(k, device=wk.device)
-    wk, hk = wk[:, perm], hk[perm][:, perm]
-    hk += damp * hk.diagonal().mean() * torch.eye(k, device=hk.device)
-    # upper Cholesky factor of H^-1: row i holds column i's error-propagation coefficients
-    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(hk)), upper=True)
+    wk, hk = wk[:, perm], hk[perm[:, None], perm]
+    hinv = _inverse_cholesky(hk, damp)
+    del hk
     order = perm.tolist()  # host copy: no device sync per column
     q = torch.empty_like(wk)
     for b0 in range(0, k, block_size):
@@ -85,3 +85,27 @@ def gptq_round(
             err[:, i] = e
         wk[:, b1:] -= err @ hinv[b0:b1, b1:]
     return q[:, torch.argsort(perm)]
+
+
+def _inverse_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:
+    """Upper Cholesky factor of ``(h + damp * mean(diag h) * I)^-1`` (row i holds column i's
+    error-propagation coefficients). ``h`` is dampened in place; a Hessian that is still not
+    positive definite (fewer calibration tokens than inputs, or fp32 round-off) gets 10x the
+    dampening, up to ``damp = 1`` (then H's own diagonal no longer dominates: an error)."""
+    mean_diag = float(h.diagonal().mean())
+    added = 0.0
+    while True:
+        h.diagonal().add_(damp * mean_diag - added)
+        added = damp * mean_diag
+        chol, info = torch.linalg.cholesky_ex(h)
+        if int(info) == 0:  # H^-1 can still be too ill-conditioned for its own factor
+            hinv, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(chol), upper=True)
+            if int(info) == 0:
+                return hinv
+        if damp >= 1.0:
+            raise RuntimeError(
+                f"GPTQ: the calibration Hessian [{h.shape[0]}, {h.shape[0]}] is not positive "
+                f"definite even with dampening {damp:g}; use more calibration tokens "
+                "(quant.method.calib.*)"
+            )
+        damp *= 10.0
