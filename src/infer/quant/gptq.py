@@ -60,7 +60,7 @@ def gptq_round(
         raise ValueError(f"gptq_round: w [N, K] and h [K, K] needed, got {tuple(w.shape)} and {tuple(h.shape)}")
     if damp <= 0:
         raise ValueError(f"gptq damp must be > 0, got {damp}")
-    n, k = w.shape
+    k = w.shape[1]
     wk = w.float().clone()
     hk = h.float().clone().to(wk.device)
     dead = hk.diagonal() == 0
