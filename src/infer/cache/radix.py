@@ -16,6 +16,7 @@ logits of cached positions were never kept.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 from dataclasses import dataclass, field
 
@@ -136,22 +137,25 @@ class RadixKVCacheManager(PagedKVCacheManager):
         return super().allocate(seq, n_new)
 
     def evict(self, n_blocks: int) -> int:
-        """Free up to n_blocks by dropping least-recently-used unreferenced leaves."""
+        """Free up to n_blocks by dropping least-recently-used unreferenced leaves.
+
+        One scan collects the evictable leaves into a heap on ``last_use``; a parent that
+        becomes an unreferenced leaf joins the heap, so a whole cold branch can go in one call
+        (O(tree + k log tree) for k evictions)."""
+        heap = [(n.last_use, id(n), n) for n in self._iter_nodes() if not n.children and n.users == 0]
+        heapq.heapify(heap)
         freed = 0
-        while freed < n_blocks:
-            leaves = [n for n in self._iter_nodes() if not n.children and n.users == 0]
-            if not leaves:
-                break
-            leaves.sort(key=lambda n: n.last_use)
-            for leaf in leaves:
-                if freed >= n_blocks:
-                    break
-                assert leaf.parent is not None
-                del leaf.parent.children[leaf.key]
-                self._evictable_count -= 1
-                self.evictions += 1
-                if self.allocator.decref(leaf.block):
-                    freed += 1
+        while freed < n_blocks and heap:
+            _, _, leaf = heapq.heappop(heap)
+            parent = leaf.parent
+            assert parent is not None
+            del parent.children[leaf.key]
+            self._evictable_count -= 1
+            self.evictions += 1
+            if self.allocator.decref(leaf.block):
+                freed += 1
+            if parent is not self.root and not parent.children and parent.users == 0:
+                heapq.heappush(heap, (parent.last_use, id(parent), parent))
         return freed
 
     def _iter_nodes(self):  # type: ignore[no-untyped-def]
