@@ -6,7 +6,7 @@ in serving engines does); ``gptq`` (default) picks the e4m3 codes with GPTQ's er
 calibration text (gptq.py), layer by layer in one forward, each layer seeing the already
 rounded layers before it. Same grid, same scales (``s_w = max|W_n| / 448``), same kernels; only
 which e4m3 code each weight takes changes (a nearby one, chosen with error feedback). On
-SmolLM2, weight-only FP8 goes from +2.46% perplexity / KL 0.018 (nearest) to +0.06% / KL 0.005
+SmolLM2, weight-only FP8 goes from +2.46% perplexity / KL 0.018 (nearest) to +0.17% / KL 0.005
 (experiments/README.md, study 02).
 
 Storage: ``weight`` float8_e4m3fn [N, K], ``weight_scale`` fp32 [N].
