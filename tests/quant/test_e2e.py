@@ -74,3 +74,20 @@ def test_fp8_gptq_rounding_is_wired_in(oracle, tmp_path) -> None:  # type: ignor
     assert 0.05 < moved < 0.6, f"share of codes GPTQ changed: {moved:.3f}"
     # measured ~0.67 on this model: GPTQ's whole point, seen through the engine
     assert errs["gptq"] < 0.85 * errs["nearest"], errs
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_fp8_gptq_half_precision_models(dtype: str, fp_logits, oracle, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """GPTQ on a bf16 / fp16 model: the calibration forward, the fp32 Hessian and rounding,
+    and the stored codes (kept as codes: code * scale is not exact in half precision)."""
+    llm = LLM(model="tiny", quant="fp8", kv_cache_tokens=4096,
+              overrides=[*calib_overrides("fp8", tmp_path), f"model.dtype={dtype}"])
+    layers = [m for m in llm.engine.runner.model.modules() if hasattr(m, "weight_scale")]
+    assert layers and all(m.weight.dtype == torch.float8_e4m3fn for m in layers)
+    assert not any("gptq_fp8" in m.__dict__ for m in layers)  # stash consumed
+    out = llm.generate(["Hello there"], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True),
+                       use_tqdm=False)
+    assert len(out[0].outputs[0].token_ids) == 4
+    logits = oracle.engine_logits(llm, PROMPT).float()
+    rel = float((logits - fp_logits).norm() / fp_logits.norm())
+    assert 0 < rel < BOUND["fp8"], f"{dtype}: relative logit error {rel:.4f}"
