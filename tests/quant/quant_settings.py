@@ -11,6 +11,6 @@ CALIB = ["quant.method.calib.num_seqs=4", "quant.method.calib.seq_len=64"]
 
 def calib_overrides(quant: str, cache_dir: Path) -> list[str]:
     """Overrides for LLM(..., overrides=...) that keep calibration fast and its cache private."""
-    if quant in ("w8a8", "awq", "fp8"):
+    if quant in ("w8a8", "awq", "fp8", "gptq"):
         return [*CALIB, f"quant.method.cache_dir={cache_dir}"]
     return []

@@ -81,9 +81,10 @@ def test_folding_scales_is_exact(folder_fixture: str, request, oracle) -> None: 
     gc.collect()
 
 
-@pytest.mark.parametrize("quant", ["awq", "int4"])
+@pytest.mark.parametrize("quant", ["awq", "int4", "gptq"])
 def test_autoawq_checkpoint_roundtrip(quant: str, mha_tiny, tmp_path, oracle) -> None:  # type: ignore[no-untyped-def]
-    """quant=awq (and int4) -> AutoAWQ GEMM folder -> quant=awq loads it: identical logits."""
+    """quant=awq (and int4, gptq) -> AutoAWQ GEMM folder -> quant=awq loads it: identical
+    logits (GPTQ's codes sit on int4's grid, so the same layout stores them)."""
     ov = calib_overrides(quant, tmp_path / "cache") + ["quant.group_size=32"]
     src = LLM(model=str(mha_tiny), quant=quant, kv_cache_tokens=4096, overrides=ov)
     ids = list(range(300, 340))

@@ -10,11 +10,11 @@ from quant_settings import calib_overrides  # type: ignore[import-not-found]
 
 from infer import LLM, SamplingParams
 
-SCHEMES = ["int8", "w8a8", "fp8", "int4", "awq"]
+SCHEMES = ["int8", "w8a8", "fp8", "int4", "gptq", "awq"]
 PROMPT = list(range(100, 164))
 # relative logit error vs unquantized on the random tiny model (hidden 64, 2 layers; Gaussian
 # weights and activations without outliers, so AWQ has nothing to protect here): ~2x measured
-BOUND = {"int8": 0.04, "w8a8": 0.06, "fp8": 0.2, "int4": 0.5, "awq": 0.5}
+BOUND = {"int8": 0.04, "w8a8": 0.06, "fp8": 0.2, "int4": 0.5, "gptq": 0.5, "awq": 0.5}
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_fp8_gptq_half_precision_models(dtype: str, fp_logits, oracle, tmp_path)
               overrides=[*calib_overrides("fp8", tmp_path), f"model.dtype={dtype}"])
     layers = [m for m in llm.engine.runner.model.modules() if hasattr(m, "weight_scale")]
     assert layers and all(m.weight.dtype == torch.float8_e4m3fn for m in layers)
-    assert not any("gptq_fp8" in m.__dict__ for m in layers)  # stash consumed
+    assert not any("gptq_result" in m.__dict__ for m in layers)  # stash consumed
     out = llm.generate(["Hello there"], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True),
                        use_tqdm=False)
     assert len(out[0].outputs[0].token_ids) == 4

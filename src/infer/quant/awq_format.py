@@ -43,7 +43,7 @@ def awq_state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], int]:
     for name, lin in linears.items():
         g = getattr(lin.quant, "group_size", None)
         if g is None:
-            raise ValueError(f"{name} is not int4-quantized (quant={lin.quant.name}); use quant=awq or int4")
+            raise ValueError(f"{name} is not int4-quantized (quant={lin.quant.name}); use quant=awq, int4 or gptq")
         group = g
         codes, scales, zeros = int4_canonical_from_runtime(lin, g)
         parent, _, fused = name.rpartition(".")
@@ -68,7 +68,7 @@ def awq_state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], int]:
 
 
 def save_awq_checkpoint(model: nn.Module, source_folder: Path | str, out_dir: Path | str) -> Path:
-    """Write ``model`` (loaded with quant=awq or int4) to ``out_dir`` in AutoAWQ GEMM layout;
+    """Write ``model`` (loaded with quant=awq, int4 or gptq) to ``out_dir`` in AutoAWQ GEMM layout;
     ``source_folder`` supplies config.json and the tokenizer. Returns ``out_dir``."""
     src, out = Path(source_folder), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -32,11 +32,22 @@ from torch import nn
 from infer.quant import calibration as cal
 from infer.quant import cpu_kernel
 from infer.quant.base import QuantContext, QuantMethodBase, replace_param
-from infer.quant.gptq import gptq_round, hessian
+from infer.quant.gptq import ColumnQuantizer, gptq_model, take_result
 from infer.quant.none import NoQuant
 from infer.quant.quantize import fp8_codes, fp8_per_channel
 
 ROUNDINGS = ("gptq", "nearest")
+
+
+def fp8_grid(w: torch.Tensor) -> tuple[ColumnQuantizer, Any]:
+    """GPTQ grid of ``w [N, K]``: e4m3 with nearest's per-channel scale ``max|W_n| / 448``;
+    stored as (float8_e4m3fn codes [N, K], fp32 scale [N])."""
+    scale = w.float().abs().amax(1) / 448.0
+
+    def to_grid(col: torch.Tensor, _j: int) -> torch.Tensor:
+        return fp8_codes(col[:, None], scale).float()[:, 0] * scale
+
+    return to_grid, lambda q: (fp8_codes(q, scale), scale)
 
 
 def _hw_fp8(x: torch.Tensor) -> bool:
@@ -86,39 +97,15 @@ class FP8WeightAct(QuantMethodBase):
     ) -> None:
         NoQuant().create_weights(layer, in_features, out_features, dtype)
 
-    @torch.no_grad()
     def prepare_model(self, model: nn.Module, ctx: QuantContext) -> None:
         self.ops = ctx.ops
-        if self.rounding != "gptq":
-            return
-
-        def round_layer(_name: str, lin: nn.Module, x: torch.Tensor) -> None:
-            # a pre-hook: the rounded weights are in place before this layer runs, so later
-            # layers calibrate on the outputs the quantized model will produce (sequential GPTQ)
-            w = lin.weight.data
-            scale = w.float().abs().amax(1) / 448.0  # the per-channel scale nearest would use
-
-            def to_grid(col: torch.Tensor, _j: int) -> torch.Tensor:
-                return fp8_codes(col[:, None], scale).float()[:, 0] * scale
-
-            q = gptq_round(w, hessian(x), to_grid, self.damp, self.block_size, self.act_order)
-            # keep the codes themselves: code * scale need not survive a copy into fp16/bf16
-            lin.gptq_fp8 = (fp8_codes(q, scale), scale)
-            w.copy_(q)
-
-        seqs = cal.calibration_sequences(self.calib, ctx.tokenizer(), self.cache_dir)
-        cal.run_with_hooks(model, ctx, seqs, round_layer)
+        if self.rounding == "gptq":
+            gptq_model(model, ctx, self.calib, self.cache_dir, fp8_grid, self.damp,
+                       self.block_size, self.act_order)
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:
         if self.rounding == "gptq":
-            found = layer.__dict__.pop("gptq_fp8", None)
-            if found is None:
-                raise RuntimeError(
-                    "quant=fp8 with rounding=gptq: this layer was not calibrated (prepare_model "
-                    "runs GPTQ over the whole model first); use quant.method.rounding=nearest "
-                    "to quantize a layer on its own"
-                )
-            q, scale = (t.clone() for t in found)  # clone: made under inference_mode
+            q, scale = take_result(layer, "fp8")
         else:
             q, scale = fp8_per_channel(layer.weight.data)
         replace_param(layer, "weight", q, 0, 1)

@@ -21,11 +21,20 @@ Implementation notes (the paper's, all standard):
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
+from torch import nn
+
+from infer.quant import calibration as cal
+from infer.quant.base import QuantContext
 
 # (column [N] fp32, index of the column in the ORIGINAL order) -> rounded column [N] fp32
 ColumnQuantizer = Callable[[torch.Tensor, int], torch.Tensor]
+# a layer's weight [N, K] -> (its column quantizer, encode: rounded fp32 [N, K] -> the stored
+# form, e.g. (codes, scales)); the grid is fixed from the weight before any rounding
+GridFactory = Callable[[torch.Tensor], tuple[ColumnQuantizer, Callable[[torch.Tensor], Any]]]
+RESULT_ATTR = "gptq_result"
 
 
 def hessian(x: torch.Tensor) -> torch.Tensor:
@@ -109,3 +118,46 @@ def _inverse_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:
                 "(quant.method.calib.*)"
             )
         damp *= 10.0
+
+
+@torch.no_grad()
+def gptq_model(
+    model: nn.Module,
+    ctx: QuantContext,
+    calib: cal.CalibConfig,
+    cache_dir: Any,
+    grid: GridFactory,
+    damp: float = 0.01,
+    block_size: int = 128,
+    act_order: bool = True,
+) -> None:
+    """Sequential GPTQ over every quantizable Linear in one calibration forward.
+
+    A forward pre-hook rounds each layer before it runs, so later layers calibrate on the
+    outputs the quantized model will produce. The rounded weight (``code * scale`` in the
+    model dtype) replaces ``weight``; the exact stored form (``encode``'s result) is left on
+    the layer for ``take_result`` in ``process_weights_after_loading``, because code * scale
+    need not survive a copy into fp16 / bf16.
+    """
+
+    def round_layer(_name: str, lin: nn.Module, x: torch.Tensor) -> None:
+        w = lin.weight.data
+        quantize, encode = grid(w)
+        q = gptq_round(w, hessian(x), quantize, damp, block_size, act_order)
+        setattr(lin, RESULT_ATTR, encode(q))
+        w.copy_(q)
+
+    seqs = cal.calibration_sequences(calib, ctx.tokenizer(), cal.resolve_cache_dir(cache_dir))
+    cal.run_with_hooks(model, ctx, seqs, round_layer)
+
+
+def take_result(layer: nn.Module, method: str) -> tuple[torch.Tensor, ...]:
+    """The stored form ``gptq_model`` left on ``layer`` (removed from it, cloned out of
+    inference mode); a clear error if the layer was never calibrated."""
+    found = layer.__dict__.pop(RESULT_ATTR, None)
+    if found is None:
+        raise RuntimeError(
+            f"quant={method} with GPTQ rounding: this layer was not calibrated (prepare_model "
+            "runs GPTQ over the whole model first); round-to-nearest quantizes a layer on its own"
+        )
+    return tuple(t.clone() for t in found)
