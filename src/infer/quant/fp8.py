@@ -29,10 +29,9 @@ import torch.nn.functional as F
 from infer_kernels import get_op
 from torch import nn
 
-from infer.quant import calibration as cal
 from infer.quant import cpu_kernel
 from infer.quant.base import QuantContext, QuantMethodBase, replace_param
-from infer.quant.gptq import ColumnQuantizer, gptq_model, take_result
+from infer.quant.gptq import ColumnQuantizer, GPTQSettings, gptq_model, take_result
 from infer.quant.none import NoQuant
 from infer.quant.quantize import fp8_codes, fp8_per_channel
 
@@ -82,14 +81,10 @@ class FP8WeightAct(QuantMethodBase):
     ) -> None:
         if rounding not in ROUNDINGS:
             raise ValueError(f"quant.method.rounding={rounding!r} is not one of {list(ROUNDINGS)}")
-        if not float(damp) > 0 or int(block_size) < 1:
-            raise ValueError(f"quant.method.damp must be > 0 and block_size >= 1, got {damp}, {block_size}")
         self.use_scaled_mm = bool(use_scaled_mm)
         self.act_quant = bool(act_quant)
         self.rounding = rounding
-        self.damp, self.block_size, self.act_order = float(damp), int(block_size), bool(act_order)
-        self.calib = cal.CalibConfig.from_any(calib)
-        self.cache_dir = cal.resolve_cache_dir(cache_dir)
+        self.gptq = GPTQSettings.build(damp, block_size, act_order, calib, cache_dir)
         self.ops: Any = None
 
     def create_weights(
@@ -100,8 +95,7 @@ class FP8WeightAct(QuantMethodBase):
     def prepare_model(self, model: nn.Module, ctx: QuantContext) -> None:
         self.ops = ctx.ops
         if self.rounding == "gptq":
-            gptq_model(model, ctx, self.calib, self.cache_dir, fp8_grid, self.damp,
-                       self.block_size, self.act_order)
+            gptq_model(model, ctx, self.gptq, fp8_grid)
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:
         if self.rounding == "gptq":

@@ -21,6 +21,8 @@ Implementation notes (the paper's, all standard):
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -120,17 +122,28 @@ def _inverse_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:
         damp *= 10.0
 
 
+@dataclass(frozen=True)
+class GPTQSettings:
+    """A method's GPTQ arguments (``quant.method.*``): ``damp``, ``block_size`` and
+    ``act_order`` as in ``gptq_round``; the calibration text and where it is cached."""
+
+    damp: float
+    block_size: int
+    act_order: bool
+    calib: cal.CalibConfig
+    cache_dir: Path
+
+    @classmethod
+    def build(cls, damp: float, block_size: int, act_order: bool, calib: Any,
+              cache_dir: str | Path | None) -> GPTQSettings:
+        if not float(damp) > 0 or int(block_size) < 1:
+            raise ValueError(f"quant.method.damp must be > 0 and block_size >= 1, got {damp}, {block_size}")
+        return cls(float(damp), int(block_size), bool(act_order), cal.CalibConfig.from_any(calib),
+                   cal.resolve_cache_dir(cache_dir))
+
+
 @torch.no_grad()
-def gptq_model(
-    model: nn.Module,
-    ctx: QuantContext,
-    calib: cal.CalibConfig,
-    cache_dir: Any,
-    grid: GridFactory,
-    damp: float = 0.01,
-    block_size: int = 128,
-    act_order: bool = True,
-) -> None:
+def gptq_model(model: nn.Module, ctx: QuantContext, settings: GPTQSettings, grid: GridFactory) -> None:
     """Sequential GPTQ over every quantizable Linear in one calibration forward.
 
     A forward pre-hook rounds each layer before it runs, so later layers calibrate on the
@@ -139,15 +152,16 @@ def gptq_model(
     the layer for ``take_result`` in ``process_weights_after_loading``, because code * scale
     need not survive a copy into fp16 / bf16.
     """
+    st = settings
 
     def round_layer(_name: str, lin: nn.Module, x: torch.Tensor) -> None:
         w = lin.weight.data
         quantize, encode = grid(w)
-        q = gptq_round(w, hessian(x), quantize, damp, block_size, act_order)
+        q = gptq_round(w, hessian(x), quantize, st.damp, st.block_size, st.act_order)
         setattr(lin, RESULT_ATTR, encode(q))
         w.copy_(q)
 
-    seqs = cal.calibration_sequences(calib, ctx.tokenizer(), cal.resolve_cache_dir(cache_dir))
+    seqs = cal.calibration_sequences(st.calib, ctx.tokenizer(), st.cache_dir)
     cal.run_with_hooks(model, ctx, seqs, round_layer)
 
 

@@ -16,9 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from infer.quant import calibration as cal
 from infer.quant.base import QuantContext
-from infer.quant.gptq import ColumnQuantizer, gptq_model, take_result
+from infer.quant.gptq import ColumnQuantizer, GPTQSettings, gptq_model, take_result
 from infer.quant.int4 import Int4WeightOnly
 from infer.quant.quantize import int4_groups
 
@@ -64,17 +63,12 @@ class GPTQInt4(Int4WeightOnly):
         cache_dir: str | None = None,
     ) -> None:
         super().__init__(group_size)
-        if not float(damp) > 0 or int(block_size) < 1:
-            raise ValueError(f"quant.method.damp must be > 0 and block_size >= 1, got {damp}, {block_size}")
-        self.damp, self.block_size, self.act_order = float(damp), int(block_size), bool(act_order)
-        self.calib = cal.CalibConfig.from_any(calib)
-        self.cache_dir = cal.resolve_cache_dir(cache_dir)
+        self.gptq = GPTQSettings.build(damp, block_size, act_order, calib, cache_dir)
 
     def prepare_model(self, model: nn.Module, ctx: QuantContext) -> None:
         super().prepare_model(model, ctx)
         g = self.group_size
-        gptq_model(model, ctx, self.calib, self.cache_dir, lambda w: int4_grid(w, g), self.damp,
-                   self.block_size, self.act_order)
+        gptq_model(model, ctx, self.gptq, lambda w: int4_grid(w, g))
 
     def canonical(self, layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         codes, scales, zeros = take_result(layer, self.name)
