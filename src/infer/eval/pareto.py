@@ -71,10 +71,14 @@ def _place_labels(fig: Any, ax: Any, xs: list[float], ys: list[float], labels: l
     renderer = fig.canvas.get_renderer()
     pts = ax.transData.transform(list(zip(xs, ys)))
     placed: list[Any] = []
+
+    def annotate(i: int, dx: int, dy: int) -> Any:
+        return ax.annotate(labels[i], (xs[i], ys[i]), textcoords="offset points", xytext=(dx, dy),
+                           fontsize=7, va="center", ha="left" if dx > 0 else "right")
+
     for i in sorted(range(len(xs)), key=lambda j: (xs[j], ys[j])):
-        for n, (dx, dy) in enumerate(_LABEL_OFFSETS):
-            t = ax.annotate(labels[i], (xs[i], ys[i]), textcoords="offset points", xytext=(dx, dy),
-                            fontsize=7, va="center", ha="left" if dx > 0 else "right")
+        for dx, dy in _LABEL_OFFSETS:
+            t = annotate(i, dx, dy)
             box = t.get_window_extent(renderer).expanded(1.05, 1.2)
             hits_point = any(box.contains(px, py) for j, (px, py) in enumerate(pts) if j != i)
             if not (hits_point or any(box.overlaps(b) for b in placed)):
@@ -82,10 +86,7 @@ def _place_labels(fig: Any, ax: Any, xs: list[float], ys: list[float], labels: l
                 break
             t.remove()
         else:  # no free spot: the first offset, overlapping
-            dx, dy = _LABEL_OFFSETS[0]
-            t = ax.annotate(labels[i], (xs[i], ys[i]), textcoords="offset points", xytext=(dx, dy),
-                            fontsize=7, va="center", ha="left")
-            placed.append(t.get_window_extent(renderer))
+            placed.append(annotate(i, *_LABEL_OFFSETS[0]).get_window_extent(renderer))
 
 
 def plot_pareto(
