@@ -127,7 +127,7 @@ class Engine:
             if self.scheduler.has_work():
                 raise RuntimeError("scheduler made no progress: KV cache too small for a request")
             return []
-        self.proposer.propose([b.seq for b in batch])
+        self.proposer.propose([b.seq for b in batch], [0] * len(batch))
         rows, sample_idx, plp_rows = self._logit_rows(batch)
         tables = [self.scheduler.cache.block_table(b.seq) for b in batch]
         logits = self.runner.execute(batch, tables, rows)
