@@ -30,7 +30,7 @@ def served(tiny_llm: Any) -> Any:
 
 
 def test_completions_greedy_equal_generate(served: Any) -> None:
-    server, client, exp = served
+    _server, client, exp = served
     for p in PROMPTS:
         r = client.completions.create(model="tiny", prompt=p, max_tokens=12, temperature=0,
                                       extra_body={"ignore_eos": True})
@@ -45,12 +45,12 @@ def test_completions_greedy_equal_generate(served: Any) -> None:
 
 
 def test_batch_prompts_and_seeded_n(served: Any) -> None:
-    server, client, exp = served
+    _server, client, exp = served
     r = client.completions.create(model="tiny", prompt=PROMPTS, max_tokens=12, temperature=0,
                                   extra_body={"ignore_eos": True})
     assert [c.text for c in sorted(r.choices, key=lambda c: c.index)] == [exp[p] for p in PROMPTS]
-    kw = dict(model="tiny", prompt=PROMPTS[0], max_tokens=10, temperature=0.9, top_p=0.95, seed=7, n=2,
-              extra_body={"ignore_eos": True})
+    kw = {"model": "tiny", "prompt": PROMPTS[0], "max_tokens": 10, "temperature": 0.9, "top_p": 0.95,
+          "seed": 7, "n": 2, "extra_body": {"ignore_eos": True}}
     r = client.completions.create(**kw)
     assert [c.text for c in r.choices] == exp["seeded"]
     texts = ["", ""]
@@ -61,7 +61,7 @@ def test_batch_prompts_and_seeded_n(served: Any) -> None:
 
 
 def test_chat_greedy_equal_generate(served: Any) -> None:
-    server, client, exp = served
+    _server, client, exp = served
     msgs = [{"role": "user", "content": "hi"}]
     r = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=12, temperature=0,
                                        extra_body={"ignore_eos": True})
@@ -76,10 +76,10 @@ def test_chat_greedy_equal_generate(served: Any) -> None:
 
 
 def test_stop_strings_stream_equals_non_stream(served: Any) -> None:
-    server, client, exp = served
+    _server, client, exp = served
     text = exp[PROMPTS[1]]
     stop = text[len(text) // 2 : len(text) // 2 + 3]  # a stop string the output really contains
-    kw = dict(model="tiny", prompt=PROMPTS[1], max_tokens=12, temperature=0, stop=[stop])
+    kw = {"model": "tiny", "prompt": PROMPTS[1], "max_tokens": 12, "temperature": 0, "stop": [stop]}
     r = client.completions.create(**kw)
     assert r.choices[0].finish_reason == "stop"
     assert r.choices[0].text == text[: text.index(stop)]
@@ -87,7 +87,7 @@ def test_stop_strings_stream_equals_non_stream(served: Any) -> None:
 
 
 def test_logprobs_match_engine(served: Any, tiny_llm: Any) -> None:
-    server, client, exp = served
+    _server, client, _exp = served
     r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
                                        max_tokens=4, temperature=0, logprobs=True, top_logprobs=3)
     content = r.choices[0].logprobs.content
@@ -105,7 +105,7 @@ def test_logprobs_match_engine(served: Any, tiny_llm: Any) -> None:
 
 
 def test_models_health_metrics(served: Any) -> None:
-    server, client, exp = served
+    server, client, _exp = served
     assert [m.id for m in client.models.list().data] == ["tiny"]
     root = base_url(server)[: -len("/v1")]
     assert httpx.get(f"{root}/health").json() == {"status": "ok"}
