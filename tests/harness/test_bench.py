@@ -1,5 +1,5 @@
 """The bench loop's metrics come from the engine's per-request timings; dependencies are
-honoured; the HF baseline runs the same workload."""
+honoured (the peer baselines, HF included, are tested in test_peers.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from typing import Any
 
 from infer.eval import workloads as W
 from infer.eval.bench import run_requests
-from infer.eval.hf_baseline import load_hf, run_hf
 from infer.eval.latency import percentile
 
 CORPUS = list(range(1000, 3000))
@@ -45,10 +44,3 @@ def test_poisson_arrivals(tiny_engine: Any) -> None:
     m = run_requests(tiny_engine, reqs, request_rate=50.0, seed=0)
     assert m["num_requests"] == 3 and m["output_tokens"] == 6
 
-
-def test_hf_baseline(tiny_engine: Any) -> None:
-    reqs = W.synthetic(CORPUS, 3, [4, 8], [2, 4], seed=1)
-    model = load_hf(tiny_engine.model_path, tiny_engine.runner.model.embed_tokens.weight.dtype,
-                    tiny_engine.runner.device)
-    hf = run_hf(model, reqs, batch_size=2, pad_id=0, device=tiny_engine.runner.device)
-    assert hf["hf_output_tok_s"] > 0 and hf["hf_elapsed_s"] > 0

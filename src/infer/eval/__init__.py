@@ -2,5 +2,6 @@
 
 data (texts and token windows), scoring (logits through the engine's real runner),
 perplexity, divergence from a reference configuration, greedy agreement, workloads,
-the bench loop, the HF transformers baseline and the Pareto front.
+the bench loop, the peer baselines (HF transformers, vLLM CPU, OpenVINO GenAI) and the
+Pareto front.
 """

@@ -132,3 +132,19 @@ def run_requests(
     m["_outputs"] = outs_in_order
     m["_steps"] = steps
     return m
+
+
+def single_stream(engine: Any, prompt: list[int], n: int, rounds: int = 3) -> tuple[float, list[int]]:
+    """Decode tok/s of one request alone (prefill excluded: first to last token time) and its
+    greedy output ids; best of ``rounds`` (the least disturbed run on a shared machine)."""
+    best, out = 0.0, []
+    for _ in range(max(int(rounds), 1)):
+        engine.add_request(None, list(prompt), SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True))
+        done = []
+        while engine.has_unfinished():
+            done += [o for o in engine.step() if o.finished]
+        tt = done[0].metrics["token_times"]
+        out = list(done[0].outputs[0].token_ids)
+        if len(tt) > 1:
+            best = max(best, (len(tt) - 1) / (tt[-1] - tt[0]))
+    return best, out
