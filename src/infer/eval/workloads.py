@@ -164,3 +164,106 @@ def from_prompts(tokenizer: Any, prompts: list[str], max_tokens: int, chat: bool
             list(tokenizer.encode(t, add_special_tokens=False))
         out.append(Request(ids, int(max_tokens), ignore_eos, prompt=t))
     return out
+
+
+# ---- input-grounded prompts (where prompt lookup and suffix speculation shine) ----------------
+#: stdlib modules whose source is the code material (fixed for a given Python version)
+GROUNDED_CODE_MODULES = (
+    "textwrap", "heapq", "bisect", "fnmatch", "shlex", "colorsys", "json.decoder", "json.encoder",
+    "string", "calendar", "difflib", "statistics", "fractions", "functools", "glob", "pprint",
+    "graphlib", "reprlib", "queue",
+)
+GROUNDED_TASKS = ("repeat", "rename", "replace_word", "continue")
+_SUBSTITUTES = ("item", "value", "record", "entry", "element", "object", "thing", "piece")
+
+
+def _grounded_sources() -> tuple[list[list[str]], list[list[str]]]:
+    """(code files as line lists, prose documents as paragraph lists), offline and stable."""
+    import importlib
+    import inspect
+
+    from infer.eval.data import pydoc_text
+
+    code = [inspect.getsource(importlib.import_module(m)).splitlines() for m in GROUNDED_CODE_MODULES]
+    paras = [p.strip() for p in pydoc_text().split("\n\n") if len(p.strip()) > 40]
+    return code, [paras]
+
+
+def _excerpt(rng: random.Random, tokenizer: Any, units: list[str], n_tokens: int, joiner: str) -> str:
+    """Consecutive units (lines or paragraphs) from a random start until ~n_tokens tokens."""
+    start = rng.randrange(len(units))
+    out: list[str] = []
+    count = 0
+    for u in units[start:] + units[:start]:
+        out.append(u)
+        count += len(tokenizer.encode(u + joiner, add_special_tokens=False))
+        if count >= n_tokens:
+            break
+    return joiner.join(out).strip("\n")
+
+
+def _repeated_word(rng: random.Random, text: str, pattern: str) -> str | None:
+    """A word (matching ``pattern``) that occurs at least twice in ``text``, or None."""
+    import keyword
+    import re
+
+    words = re.findall(pattern, text)
+    counts: dict[str, int] = {}
+    for w in words:
+        counts[w] = counts.get(w, 0) + 1
+    cands = sorted(w for w, c in counts.items() if c >= 2 and not keyword.iskeyword(w) and w not in ("self", "None"))
+    return rng.choice(cands) if cands else None
+
+
+def grounded(
+    tokenizer: Any, num_requests: int, source_len: Any = (96, 384), output_scale: float = 1.2,
+    tasks: Any = GROUNDED_TASKS, code_fraction: float = 0.5, seed: int = 0, ignore_eos: bool = False,
+) -> list[Request]:
+    """Chat prompts that ask to repeat, edit or continue a code or text excerpt given in the prompt.
+
+    Code excerpts are whole lines of stdlib modules' source (``GROUNDED_CODE_MODULES``), text
+    excerpts whole paragraphs of ``pydoc_data.topics``; both ship with Python, so the workload
+    is offline and, for a given Python version and seed, always the same. Tasks (``tasks``):
+    ``repeat`` (copy verbatim), ``rename`` (code: rename an identifier used twice or more;
+    text: replace a repeated word), ``replace_word`` (the same on either kind), ``continue``
+    (write what comes next). ``source_len``: excerpt tokens, uniform in [a, b];
+    ``max_tokens`` = output_scale x the excerpt's tokens (the answer restates the excerpt).
+    """
+    bad = [t for t in tasks if t not in GROUNDED_TASKS]
+    if bad or not tasks:
+        raise ValueError(f"workload.generator.tasks={list(tasks)!r}: each must be one of {list(GROUNDED_TASKS)}")
+    if not 0.0 <= float(code_fraction) <= 1.0:
+        raise ValueError(f"workload.generator.code_fraction must be in [0, 1], got {code_fraction}")
+    if float(output_scale) <= 0:
+        raise ValueError(f"workload.generator.output_scale must be > 0, got {output_scale}")
+    rng = random.Random(seed)
+    code, prose = _grounded_sources()
+    reqs: list[Request] = []
+    for _ in range(int(num_requests)):
+        n_src = _rng_len(rng, source_len)
+        task = rng.choice(list(tasks))
+        is_code = rng.random() < float(code_fraction)
+        if is_code:
+            src = _excerpt(rng, tokenizer, rng.choice(code), n_src, "\n")
+            block, kind = f"```python\n{src}\n```", "Python code"
+        else:
+            src = _excerpt(rng, tokenizer, prose[0], n_src, "\n\n")
+            block, kind = f'"""\n{src}\n"""', "text"
+        word = None
+        if task in ("rename", "replace_word"):
+            word = _repeated_word(rng, src, r"\b[A-Za-z_][A-Za-z0-9_]{3,}\b" if is_code else r"\b[a-z]{5,}\b")
+        if task == "repeat" or (task in ("rename", "replace_word") and word is None):
+            text = f"Repeat the following {kind} exactly, without any change:\n\n{block}"
+        elif task == "rename" and is_code:
+            text = (f"Rename `{word}` to `{word}_new` everywhere in the following Python code. "
+                    f"Output the complete updated code.\n\n{block}")
+        elif task in ("rename", "replace_word"):
+            sub = rng.choice(_SUBSTITUTES)
+            text = (f'Rewrite the following {kind}, replacing every occurrence of "{word}" with "{sub}". '
+                    f"Keep everything else the same and output the whole result.\n\n{block}")
+        else:
+            text = f"Here is some {kind}. Copy it, then continue it in the same style.\n\n{block}"
+        ids = chat_ids(tokenizer, [{"role": "user", "content": text}])
+        n_tokens = len(tokenizer.encode(src, add_special_tokens=False))
+        reqs.append(Request(ids, max(1, round(float(output_scale) * n_tokens)), ignore_eos, prompt=text))
+    return reqs
