@@ -1,22 +1,30 @@
-"""Engine vs HF transformers, side by side in one process, same threads, same workload.
+"""Engine vs its peers (HF transformers, vLLM CPU, OpenVINO GenAI), side by side in one run,
+same threads, same requests (token ids), greedy, fixed output lengths.
 
-Reports (and saves as JSON):
-  * throughput on a mixed workload (default 128 requests, prompts 32-512 tokens, outputs
-    32-256, greedy, ignore_eos): useful output tok/s of the engine and of HF `generate`
-    (static left-padded batches), their ratio, and the fraction of the compute roofline
-    the engine reaches (model FLOPs of the workload / GEMM FLOP/s measured in this run);
-  * single-stream decode tok/s of both, as a fraction of the weight-streaming bound (one
-    pass of GEMVs over the model's own weight matrices, timed in this run).
+For each thread count, reports (and saves as JSON):
+  * offline throughput on a mixed workload (default 128 requests, prompts 32-512 tokens,
+    outputs 32-256, all submitted at once): useful output tok/s of the engine and of each peer
+    (generated tokens / wall time, start-up and warm-up excluded), ratios ours / peer, greedy
+    token equality per request, and the fraction of the compute roofline the engine reaches
+    (model FLOPs of the workload / GEMM FLOP/s measured in this run);
+  * single-stream decode tok/s (one request, 128 new tokens) of the engine and of each peer,
+    as a fraction of the memory-read bound (weight bytes / read bandwidth measured in this run)
+    and of the F.linear weight-pass time.
 
-    .venv/bin/python scripts/bench_engine.py --threads 1 --requests 128
+Peers run in their own venvs as subprocesses (scripts/setup_peers.sh installs vLLM and
+OpenVINO; HF runs with this interpreter):
+
+    .venv/bin/python scripts/bench_engine.py --threads 1 2 --requests 48 --baseline hf vllm openvino
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import random
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -24,6 +32,16 @@ import torch
 import torch.nn.functional as F
 
 from infer import LLM, SamplingParams
+from infer.eval.peers import (
+    PEERS,
+    Peer,
+    format_table,
+    make_job,
+    make_peer,
+    parse_baselines,
+    peer_metrics,
+    run_peer,
+)
 from infer.models.llama import LlamaForCausalLM
 
 
@@ -102,122 +120,110 @@ def run_engine(llm: LLM, work: list[tuple[list[int], int]]) -> tuple[float, list
     return time.perf_counter() - t, outs
 
 
-@torch.inference_mode()
-def run_hf(hf, work: list[tuple[list[int], int]], batch: int, pad_id: int) -> tuple[float, list[list[int]]]:  # type: ignore[no-untyped-def]
-    """Static batches in arrival order, left-padded; each batch runs to its longest output."""
-    t = time.perf_counter()
-    outs: list[list[int]] = []
-    for i in range(0, len(work), batch):
-        chunk = work[i : i + batch]
-        width = max(len(p) for p, _ in chunk)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for j, (p, _) in enumerate(chunk):
-            ids[j, width - len(p) :] = torch.tensor(p)
-            mask[j, width - len(p) :] = 1
-        gen = hf.generate(
-            input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max(o for _, o in chunk),
-            min_new_tokens=max(o for _, o in chunk), pad_token_id=pad_id,
-        )
-        outs.extend(gen[j, width : width + o].tolist() for j, (_, o) in enumerate(chunk))
-    return time.perf_counter() - t, outs
+def weight_bytes(model: LlamaForCausalLM) -> int:
+    """Bytes of every parameter a decode step reads (a tied LM head counted once)."""
+    return sum(p.numel() * p.element_size() for p in {id(p): p for p in model.parameters()}.values())
 
 
-def single_stream(llm: LLM, hf, prompt: list[int], n: int, rounds: int) -> tuple[float, float, float]:  # type: ignore[no-untyped-def]
-    """Decode-only tok/s (prefill excluded) of the engine and of HF, and the weight-pass time.
+def read_bandwidth(mb: int = 512, reps: int = 5) -> float:
+    """Memory read bandwidth in bytes/s: best of ``reps`` sums over an ``mb`` MB fp32 tensor."""
+    x = torch.ones(mb * 2**20 // 4)
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - t)
+    return x.numel() * 4 / best
 
-    The three are interleaved ``rounds`` times and the best of each kept: the machine is
-    shared, and the best run is the one least disturbed by other processes."""
-    ours = theirs = 0.0
-    wp = float("inf")
-    ids = torch.tensor([prompt])
+
+def our_single_stream(llm: LLM, prompt: list[int], n: int, rounds: int) -> tuple[float, list[int]]:
+    """Decode-only tok/s (first to last token) of one request, best of ``rounds``; its tokens."""
+    best, out = 0.0, []
     sp = SamplingParams(temperature=0, max_tokens=n, ignore_eos=True)
     for _ in range(rounds):
-        out = llm.generate([{"prompt_token_ids": prompt}], sp, use_tqdm=False)[0]
-        tt = out.metrics["token_times"]
-        ours = max(ours, (len(tt) - 1) / (tt[-1] - tt[0]))
-        with torch.inference_mode():
-            t = time.perf_counter()
-            hf.generate(input_ids=ids, do_sample=False, max_new_tokens=1, min_new_tokens=1)
-            t1 = time.perf_counter() - t
-            t = time.perf_counter()
-            hf.generate(input_ids=ids, do_sample=False, max_new_tokens=n, min_new_tokens=n)
-            tn = time.perf_counter() - t
-        theirs = max(theirs, (n - 1) / (tn - t1))
-        wp = min(wp, weight_pass_time(llm.engine.runner.model))
-    return ours, theirs, wp
+        o = llm.generate([{"prompt_token_ids": prompt}], sp, use_tqdm=False)[0]
+        tt = o.metrics["token_times"]
+        best, out = max(best, (len(tt) - 1) / (tt[-1] - tt[0])), list(o.outputs[0].token_ids)
+    return best, out
+
+
+def bench_threads(args: argparse.Namespace, threads: int, peers: dict[str, Peer]) -> dict[str, object]:
+    """Ours, then every peer, at ``threads`` threads; one flat metrics dict."""
+    torch.set_num_threads(threads)
+    llm = LLM(model=args.model, attention=args.attention, threads=threads, **json.loads(args.engine_args))
+    model, tok = llm.engine.runner.model, llm.get_tokenizer()
+    res: dict[str, object] = {"threads": threads}
+    prompt = corpus_tokens(tok, 64)[:32]
+    ours_ss, ours_ss_out = our_single_stream(llm, prompt, args.decode_tokens, args.rounds)
+    wp, bw, wb = weight_pass_time(model), read_bandwidth(), weight_bytes(model)
+    res.update(decode_tok_s=ours_ss, weight_pass_ms=1000 * wp, weight_pass_tok_s=1 / wp,
+               weight_mb=wb / 2**20, mem_read_gb_s=bw / 1e9, mem_bound_tok_s=bw / wb,
+               decode_frac_mem_bound=ours_ss * wb / bw)
+    print(f"[{threads} thread(s)] single stream: engine {ours_ss:.1f} tok/s = {100 * ours_ss * wb / bw:.0f}% of "
+          f"the memory-read bound {bw / wb:.1f} tok/s ({bw / 1e9:.1f} GB/s, {wb / 2**20:.0f} MiB of weights)")
+    work: list[tuple[list[int], int]] = []
+    outs: list[list[int]] | None = None
+    if not args.skip_throughput:
+        work = make_workload(corpus_tokens(tok, 200_000), args.requests, tuple(args.prompt_len),
+                             tuple(args.output_len), seed=0)
+        useful = sum(o for _, o in work)
+        rate = gemm_rate(model)
+        t_eng, routs = run_engine(llm, work)
+        rate = max(rate, gemm_rate(model))
+        flops = model_flops(model, work)
+        outs = [list(o.outputs[0].token_ids) for o in routs]
+        res.update(requests=len(work), useful_output_tokens=useful, elapsed_s=t_eng, output_tok_s=useful / t_eng,
+                   gemm_gflop_s=rate / 1e9, workload_tflop=flops / 1e12, roofline_frac=flops / rate / t_eng,
+                   preemptions=llm.engine.scheduler.num_preemptions)
+        print(f"[{threads} thread(s)] engine: {len(work)} requests, {useful} useful tokens in {t_eng:.1f} s = "
+              f"{useful / t_eng:.1f} tok/s, {100 * flops / rate / t_eng:.0f}% of the compute roofline")
+    path, pad = llm.model_path, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    del llm, model  # the peers get the memory (and the cores) to themselves
+    gc.collect()
+    for name, peer in peers.items():
+        if name == "hf":
+            peer.options.update(batch_size=args.hf_batch, pad_id=int(pad))
+        job = make_job(peer, path, "float32", threads, work, (prompt, args.decode_tokens, args.rounds), warmup=2)
+        print(f"[{threads} thread(s)] running {name} ...", flush=True)
+        r = run_peer(peer, job, log_dir=Path(args.out).parent / "peer_logs" / f"t{threads}")
+        res.update(peer_metrics(name, r, res.get("output_tok_s"), outs, ours_ss, ours_ss_out))  # type: ignore[arg-type]
+        if f"{name}_decode_tok_s" in res:
+            res[f"{name}_decode_frac_mem_bound"] = float(res[f"{name}_decode_tok_s"]) * wb / bw  # type: ignore[arg-type]
+    print(f"\n[{threads} thread(s)]\n" + format_table(res, list(peers)) + "\n", flush=True)
+    return res
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="model config name or path (default: SmolLM2)")
     ap.add_argument("--attention", default="paged")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1], help="thread counts, run one after another")
     ap.add_argument("--requests", type=int, default=128)
     ap.add_argument("--prompt-len", type=int, nargs=2, default=(32, 512))
     ap.add_argument("--output-len", type=int, nargs=2, default=(32, 256))
-    ap.add_argument("--hf-batch", type=int, nargs="+", default=[16], help="HF static batch sizes to try (best is reported)")
-    ap.add_argument("--hf-requests", type=int, default=None, help="run HF on the first N requests only (ratio uses per-token rates)")
+    ap.add_argument("--baseline", nargs="*", default=["hf"], help=f"peers to run: any of {list(PEERS)}")
+    ap.add_argument("--peer-venv", nargs="*", default=[], metavar="NAME=PATH",
+                    help="venv of a peer (default ~/.cache/infer/peers/NAME; hf: this interpreter)")
+    ap.add_argument("--hf-batch", type=int, default=16, help="HF static batch size")
     ap.add_argument("--decode-tokens", type=int, default=128)
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved single-stream rounds (best kept)")
+    ap.add_argument("--rounds", type=int, default=3, help="single-stream rounds (best kept)")
     ap.add_argument("--skip-throughput", action="store_true")
-    ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--engine-args", default="{}", help="JSON dict of engine knobs, e.g. '{\"max_num_seqs\": 64}'")
     ap.add_argument("--out", default="outputs/bench_engine.json")
     args = ap.parse_args()
-
-    torch.set_num_threads(args.threads)
-    llm = LLM(model=args.model, attention=args.attention, threads=args.threads, **json.loads(args.engine_args))
-    model = llm.engine.runner.model
-    tok = llm.get_tokenizer()
-    from transformers import AutoModelForCausalLM
-
-    hf = AutoModelForCausalLM.from_pretrained(str(llm.model_path), dtype=torch.float32).eval()
-    res: dict[str, object] = {"threads": args.threads, "attention": args.attention,
-                              "engine_args": json.loads(args.engine_args)}
-
-    prompt = corpus_tokens(tok, 64)[:32]
-    ours, theirs, wp = single_stream(llm, hf, prompt, args.decode_tokens, args.rounds)
-    res["weight_pass_ms"] = 1000 * wp
-    res["weight_stream_bound_tok_s"] = 1 / wp
-    res.update(decode_tok_s_engine=ours, decode_tok_s_hf=theirs,
-               decode_frac_bound_engine=ours * wp, decode_frac_bound_hf=theirs * wp)
-    print(f"single-stream decode: engine {ours:.1f} tok/s ({100 * ours * wp:.0f}% of the weight-streaming "
-          f"bound {1 / wp:.1f} tok/s), HF {theirs:.1f} tok/s ({100 * theirs * wp:.0f}%)")
-
-    if not args.skip_throughput:
-        work = make_workload(corpus_tokens(tok, 200_000), args.requests, tuple(args.prompt_len),
-                             tuple(args.output_len), seed=0)
-        useful = sum(o for _, o in work)
-        rate = gemm_rate(model)
-        t_eng, outs = run_engine(llm, work)
-        rate = max(rate, gemm_rate(model))
-        flops = model_flops(model, work)
-        eng_tps = useful / t_eng
-        res.update(requests=len(work), useful_output_tokens=useful, engine_s=t_eng, engine_output_tok_s=eng_tps,
-                   gemm_gflop_s=rate / 1e9, workload_tflop=flops / 1e12,
-                   roofline_s=flops / rate, engine_roofline_frac=flops / rate / t_eng,
-                   preemptions=llm.engine.scheduler.num_preemptions)
-        print(f"engine: {len(work)} requests, {useful} useful output tokens in {t_eng:.1f} s = {eng_tps:.1f} tok/s; "
-              f"compute roofline {flops / rate:.1f} s ({rate / 1e9:.0f} GFLOP/s) -> {100 * flops / rate / t_eng:.0f}% of roofline")
-        if not args.skip_hf:
-            hw = work[: args.hf_requests] if args.hf_requests else work
-            best = None
-            for b in args.hf_batch:
-                t_hf, hf_outs = run_hf(hf, hw, b, tok.pad_token_id or tok.eos_token_id)
-                tps = sum(o for _, o in hw) / t_hf
-                res[f"hf_b{b}_output_tok_s"] = tps
-                print(f"HF generate batch {b}: {len(hw)} requests in {t_hf:.1f} s = {tps:.1f} useful tok/s")
-                if best is None or tps > best[0]:
-                    best = (tps, b, hf_outs)
-            assert best is not None
-            same = sum(o.outputs[0].token_ids == h for o, h in zip(outs, best[2]))
-            res.update(hf_best_batch=best[1], hf_output_tok_s=best[0], speedup_vs_hf=eng_tps / best[0],
-                       identical_to_hf=same, compared=len(best[2]))
-            print(f"engine / HF = {eng_tps / best[0]:.2f}x; {same}/{len(best[2])} outputs identical to HF's")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2))
-    print(json.dumps(res, indent=2))
+    venvs = dict(kv.split("=", 1) for kv in args.peer_venv)
+    peers = {p: make_peer(p, {"venv": venvs.get(p)} if p in venvs else None)
+             for p in parse_baselines(args.baseline)}  # a missing venv fails now, not after our run
+    res: dict[str, object] = {"argv": sys.argv[1:], "attention": args.attention,
+                              "engine_args": json.loads(args.engine_args), "peers": list(peers),
+                              "by_threads": {}}
+    for t in args.threads:
+        res["by_threads"][str(t)] = bench_threads(args, t, peers)  # type: ignore[index]
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(res, indent=2))
+    for t, r in res["by_threads"].items():  # type: ignore[attr-defined]
+        print(f"[{t} thread(s)]\n{format_table(r, list(peers))}\n")
+    print(f"saved {args.out}")
 
 
 if __name__ == "__main__":
