@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from typing import Any
@@ -22,9 +23,24 @@ def make_server(engine: Any, model_name: str, host: str = "127.0.0.1", port: int
     return uvicorn.Server(config)
 
 
-def serve_forever(server: uvicorn.Server) -> None:
-    """Block until a signal (main thread: uvicorn installs SIGINT/SIGTERM handlers)."""
-    server.run()
+def serve_forever(server: uvicorn.Server) -> list[int]:
+    """Block until SIGINT/SIGTERM, then shut down gracefully and return the signals seen.
+
+    uvicorn re-raises a captured signal once it has shut down; the handlers installed here
+    (restored by uvicorn in place of the defaults) just note it, so the caller returns
+    normally and can still write its metrics."""
+    seen: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        server.run()
+        return seen
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda sig, frame: seen.append(sig)) for s in sigs}
+    try:
+        server.run()
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    return seen
 
 
 def start_in_thread(server: uvicorn.Server, timeout: float = 30.0) -> threading.Thread:
