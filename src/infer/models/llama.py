@@ -19,6 +19,7 @@ from infer.layers.norm import RMSNorm
 from infer.layers.ops import Ops, RopeFactors, torch_ops
 from infer.layers.rotary import rope_cos_sin_cache
 from infer.models.config import ModelArgs
+from infer.quant import dense_cpu
 from infer.quant.base import QuantMethod
 
 # checkpoint projection name -> (our fused module name, shard id)
@@ -144,6 +145,8 @@ class LlamaForCausalLM(nn.Module):
                                      device="meta").to_empty(device=torch.get_default_device())
             self.lm_head.weight.requires_grad_(False)
         self.max_positions = max_positions
+        # LM head through the C++ dense kernel on CPU unless the quant method turns it off
+        self.cpu_kernel = bool(getattr(quant, "cpu_kernel", True))
         # cos/sin filled by init_rope() once the weights are loaded
         self.register_buffer("cos_sin", torch.empty(max_positions, args.head_dim), persistent=False)
 
@@ -169,6 +172,8 @@ class LlamaForCausalLM(nn.Module):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, hidden] -> fp32 logits [N, vocab]."""
         w = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        if self.cpu_kernel:  # the tied matrix as it is: no second copy for the LM head
+            return dense_cpu.linear(hidden, w).float()
         return F.linear(hidden, w).float()
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:

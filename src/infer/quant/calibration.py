@@ -108,7 +108,7 @@ def linear_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
 def full_precision(model: nn.Module) -> Iterator[None]:
     """Run every Linear with plain F.linear on its loaded fp ``weight`` (the method's own
     ``apply`` expects processed storage, which does not exist yet)."""
-    fp = NoQuant()
+    fp = NoQuant(cpu_kernel=False)  # calibration statistics stay those of F.linear
     saved = {n: m.quant for n, m in linear_layers(model)}
     try:
         for _, m in linear_layers(model):

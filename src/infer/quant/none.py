@@ -1,4 +1,9 @@
-"""``quant=none``: plain floating-point weights."""
+"""``quant=none``: plain floating-point weights.
+
+On CPU with fp32 / bf16 weights ``apply`` runs the C++ dense kernel (``dense_cpu.linear``: the
+weights streamed at close to the memory read bandwidth in decode, every intra-op thread used);
+``cpu_kernel=False`` (configs/quant/none.yaml) keeps plain ``F.linear``, the oracle path.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from infer.quant import dense_cpu
 from infer.quant.base import QuantMethodBase, set_dims
 
 
@@ -14,6 +20,10 @@ class NoQuant(QuantMethodBase):
     the methods that quantize after loading (they register the same ``weight``)."""
 
     name = "none"
+
+    def __init__(self, cpu_kernel: bool = True) -> None:
+        # read by the model too: its (always unquantized) LM head follows the same choice
+        self.cpu_kernel = cpu_kernel
 
     def create_weights(
         self, layer: nn.Module, in_features: int, out_features: int, dtype: torch.dtype
@@ -25,4 +35,6 @@ class NoQuant(QuantMethodBase):
         return None
 
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if self.cpu_kernel:
+            return dense_cpu.linear(x, layer.weight, bias)
         return F.linear(x, layer.weight, bias)
