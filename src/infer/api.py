@@ -27,6 +27,10 @@ class LLM:
         overrides: extra Hydra overrides, e.g. ["attention.block_size=32"].
         kv_cache_dtype: KV cache storage, "auto" (model dtype) | "int8" | "fp8" (the
             top-level ``kv_cache_dtype`` key; None = the config's default).
+        tokenizer: a tokenizer folder or hub id when the model folder has none
+            (``model.tokenizer``).
+        skip_tokenizer_init: no tokenizer at all: prompts must be ``{"prompt_token_ids": ...}``
+            and outputs carry token ids with empty text.
         **engine_knobs: keys of the ``engine`` config (max_num_seqs, kv_cache_tokens, ...).
     """
 
@@ -42,6 +46,8 @@ class LLM:
         threads: int | None = None,
         overrides: list[str] | None = None,
         kv_cache_dtype: str | None = None,
+        tokenizer: str | None = None,
+        skip_tokenizer_init: bool | None = None,
         **engine_knobs: Any,
     ) -> None:
         groups = {"attention": attention, "quant": quant, "spec": spec,
@@ -60,6 +66,10 @@ class LLM:
             values["threads"] = threads
         if kv_cache_dtype is not None:
             values["kv_cache_dtype"] = kv_cache_dtype
+        if tokenizer is not None:
+            values["model.tokenizer"] = tokenizer
+        if skip_tokenizer_init is not None:
+            values["skip_tokenizer_init"] = bool(skip_tokenizer_init)
         self.config = compose_config(ov + list(overrides or []), values)
         self.engine = build(self.config)
         self.model_path: Path = self.engine.model_path  # type: ignore[attr-defined]
@@ -68,10 +78,21 @@ class LLM:
         return self.engine.tokenizer
 
     def _to_ids(self, prompt: PromptType) -> tuple[str | None, list[int]]:
+        """Text prompts are encoded with the tokenizer's own default for special tokens
+        (a BOS where the model family expects one), as vLLM and HF do."""
         if isinstance(prompt, str):
-            return prompt, self.engine.tokenizer.encode(prompt, add_special_tokens=False)
+            tok = self.engine.tokenizer
+            if tok is None:
+                raise ValueError(
+                    "a text prompt needs a tokenizer; this LLM was built with "
+                    "skip_tokenizer_init=True: pass {'prompt_token_ids': [...]} instead"
+                )
+            return prompt, list(tok.encode(prompt))
         if isinstance(prompt, dict) and "prompt_token_ids" in prompt:
-            return prompt.get("prompt"), list(prompt["prompt_token_ids"])
+            ids = prompt["prompt_token_ids"]
+            if not isinstance(ids, (list, tuple)):
+                raise TypeError(f"prompt_token_ids must be a list of ints; got {type(ids).__name__}")
+            return prompt.get("prompt"), [int(t) for t in ids]
         if isinstance(prompt, dict) and "prompt" in prompt:
             return self._to_ids(prompt["prompt"])
         raise TypeError(
@@ -110,35 +131,50 @@ class LLM:
         for i, (p, sp) in enumerate(zip(plist, params)):
             try:
                 text, ids = self._to_ids(p)
-                sp.validate()
+                self.engine.validate_params(sp)
                 self.engine.validate_prompt(ids)
             except (ValueError, TypeError) as e:
                 raise type(e)(f"request {i}: {e}") from e
             reqs.append((text, ids, sp))
-        rids = [self.engine.add_request(t, ids, sp) for t, ids, sp in reqs]
+        rids: list[str] = []
         results: dict[str, RequestOutput] = {}
-        bar = _progress(len(rids), use_tqdm)
-        while len(results) < len(rids):
-            for out in self.engine.step():
-                if out.finished:
-                    results[out.request_id] = out
-                    if bar is not None:
-                        bar.update(1)
-        if bar is not None:
-            bar.close()
+        bar = _progress(len(reqs), use_tqdm)
+        try:
+            for t, ids, sp in reqs:
+                rids.append(self.engine.add_request(t, ids, sp))
+            mine = set(rids)
+            while len(results) < len(rids):
+                for out in self.engine.step():
+                    if out.finished and out.request_id in mine:
+                        results[out.request_id] = out
+                        if bar is not None:
+                            bar.update(1)
+        finally:
+            # an exception (or KeyboardInterrupt) midway: leave nothing of ours behind
+            for r in rids:
+                if r not in results:
+                    self.engine.abort(r)
+            if bar is not None:
+                bar.close()
         return [results[r] for r in rids]
 
     def stream(self, prompt: PromptType, sampling_params: SamplingParams | None = None) -> Iterator[RequestOutput]:
-        """Yield the request's output after every step that advanced it (one request)."""
+        """Yield the request's output after every step that advanced it (one request).
+        Closing the iterator early (or an exception) aborts the request and frees its KV."""
         text, ids = self._to_ids(prompt)
         sp = sampling_params or SamplingParams()
         rid = self.engine.add_request(text, ids, sp)
-        while True:
-            outs = [o for o in self.engine.step() if o.request_id == rid]
-            for o in outs:
-                yield o
-                if o.finished:
-                    return
+        done = False
+        try:
+            while not done:
+                for o in self.engine.step():
+                    if o.request_id != rid:
+                        continue
+                    done = o.finished
+                    yield o
+        finally:
+            if not done:
+                self.engine.abort(rid)
 
 
 def _progress(total: int, enabled: bool) -> Any:

@@ -76,7 +76,8 @@ def build(cfg: DictConfig) -> Engine:
     runner = ModelRunner(model, backend, kv, device)
     scheduler = Scheduler(
         cache, int(e.max_num_seqs), int(e.max_num_batched_tokens), bool(e.chunked_prefill),
-        policy=str(cfg.attention.get("schedule_policy", "fcfs")),
+        policy=str(cfg.attention.get("schedule_policy", "fcfs")), max_model_len=max_len,
+        lpm_max_wait_steps=int(cfg.attention.get("lpm_max_wait_steps", 64)),
     )
     tokenizer = load_tokenizer(folder)
     eos = list(args.eos_token_ids)

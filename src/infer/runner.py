@@ -72,16 +72,17 @@ class ModelRunner:
     def execute(
         self, batch: list[ScheduledSeq], block_tables: list[list[int]], logit_rows: list[int]
     ) -> torch.Tensor:
-        """Forward the batch's new tokens; return fp32 logits [len(logit_rows), vocab] for the
-        given flat token rows (row r = r-th new token of the packed batch)."""
+        """Forward the batch's fed tokens (committed + draft, ``ScheduledSeq.token_ids``);
+        return fp32 logits [len(logit_rows), vocab] for the given packed rows (row r = r-th
+        fed token of the packed batch)."""
         ids: list[int] = []
         pos: list[int] = []
         slices = []
         for item, table in zip(batch, block_tables):
-            s, start = item.seq, item.seq.num_computed_tokens
-            ids.extend(s.tokens[start : start + item.num_new])
-            pos.extend(range(start, start + item.num_new))
-            slices.append(SeqSlice(start, item.num_new, table))
+            start, n = item.seq.num_computed_tokens, item.num_fed
+            ids.extend(item.token_ids)  # committed tokens, then this step's draft
+            pos.extend(range(start, start + n))
+            slices.append(SeqSlice(start, n, table))
         md = self.backend.plan(slices, self.kv.block_size, self.device)
         ctx = ForwardContext(self.backend, md, self.kv_caches)
         hidden = self.model(

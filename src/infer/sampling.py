@@ -1,8 +1,14 @@
-"""Batched sampler: penalties, temperature, top-k/top-p/min-p, per-request seeded draws.
+"""Batched sampler, split in two: ``process`` turns raw logits rows into each row's processed
+distribution (penalties, min_tokens bans, temperature, top-k -> top-p -> min-p), ``draw``
+picks a token from it with the row's own generator.
 
-Randomness comes from each request's own torch.Generator (exponential-race sampling:
-argmax(p / E) with E ~ Exp(1) equals a draw from p), so a seeded request samples the same
-tokens whatever else shares its batch.
+Verification of speculative drafts uses the same ``process`` on every verified position, with
+the history that position sees (committed output plus the drafts accepted before it), so the
+target distribution is exactly the one plain decoding would sample from.
+
+Randomness comes from each request's own torch.Generator (exponential race: argmax(p / E)
+with E ~ Exp(1) is a draw from p), so a seeded request samples the same tokens whatever else
+shares its batch. Rows that ask for no truncation are never touched by the truncation mask.
 """
 
 from __future__ import annotations
@@ -13,9 +19,10 @@ import torch
 
 from infer.sampling_params import SamplingParams
 from infer.sequence import Logprob, Sequence
+from infer.spec.verify import sample_from
 
 # re-exported for the public API
-__all__ = ["SamplingParams", "Sampler", "SamplerOutput"]
+__all__ = ["SamplingParams", "Sampler", "SamplerOutput", "RowContext", "Processed", "sample_from"]
 
 
 @dataclass
@@ -26,21 +33,47 @@ class SamplerOutput:
     logprobs: list[dict[int, Logprob] | None]
 
 
-def apply_penalties(logits: torch.Tensor, seqs: list[Sequence], vocab: int) -> torch.Tensor:
-    """Repetition (prompt+output, HF/vLLM style), presence and frequency (output) penalties."""
-    b = logits.shape[0]
+@dataclass
+class RowContext:
+    """What the processors of one logits row see: its sequence and the output tokens that
+    precede the row's position (committed output, then any drafts accepted before it)."""
+
+    seq: Sequence
+    output_ids: list[int]
+
+    @staticmethod
+    def of(seq: Sequence) -> RowContext:
+        return RowContext(seq, seq.output_token_ids)
+
+
+@dataclass
+class Processed:
+    """Rows after processing. logits: fp32 [N, V] penalised/banned logits (greedy rows take
+    their argmax); probs: fp32 [N, V] the distribution each sampled row draws from (greedy
+    rows hold a copy of softmax(logits), unused), or None when every row is greedy;
+    greedy: per row."""
+
+    logits: torch.Tensor
+    probs: torch.Tensor | None
+    greedy: list[bool]
+
+
+def apply_penalties(logits: torch.Tensor, rows: list[RowContext]) -> torch.Tensor:
+    """Repetition (prompt + output, HF/vLLM style), presence and frequency (output) penalties."""
+    b, vocab = logits.shape
     dev = logits.device
     out_counts = torch.zeros(b, vocab, device=dev)
     seen = torch.zeros(b, vocab, dtype=torch.bool, device=dev)
-    for i, s in enumerate(seqs):
-        if s.output_token_ids:
-            ids = torch.tensor(s.output_token_ids, device=dev)
+    for i, r in enumerate(rows):
+        if r.output_ids:
+            ids = torch.tensor(r.output_ids, device=dev)
             out_counts[i].scatter_add_(0, ids, torch.ones(len(ids), device=dev))
-        if s.params.repetition_penalty != 1.0:
-            seen[i, torch.tensor(s.tokens, device=dev)] = True
-    rep = torch.tensor([s.params.repetition_penalty for s in seqs], device=dev)[:, None]
-    pres = torch.tensor([s.params.presence_penalty for s in seqs], device=dev)[:, None]
-    freq = torch.tensor([s.params.frequency_penalty for s in seqs], device=dev)[:, None]
+        if r.seq.params.repetition_penalty != 1.0:
+            seen[i, torch.tensor(r.seq.prompt_token_ids + list(r.output_ids), device=dev)] = True
+    params = [r.seq.params for r in rows]
+    rep = torch.tensor([p.repetition_penalty for p in params], device=dev)[:, None]
+    pres = torch.tensor([p.presence_penalty for p in params], device=dev)[:, None]
+    freq = torch.tensor([p.frequency_penalty for p in params], device=dev)[:, None]
     penalized = torch.where(logits > 0, logits / rep, logits * rep)
     logits = torch.where(seen, penalized, logits)
     return logits - freq * out_counts - pres * (out_counts > 0).float()
@@ -49,74 +82,87 @@ def apply_penalties(logits: torch.Tensor, seqs: list[Sequence], vocab: int) -> t
 def top_k_top_p_min_p(
     logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, min_p: torch.Tensor
 ) -> torch.Tensor:
-    """Mask logits [B, V] outside each row's top-k / nucleus top-p / min-p set with -inf.
+    """Mask logits [B, V] outside each row's top-k, then nucleus top-p of the distribution
+    renormalised after top-k, then min-p, with -inf.
 
-    top_k: int [B] (V = off), top_p: float [B] (1 = off), min_p: float [B] (0 = off).
+    top_k: int [B] (V = off), top_p: float [B] (1 = off), min_p: float [B] (0 = off). A row
+    with top_p == 1 gets no top-p mask at all: the fp32 cumulative sum can reach 1.0 before
+    the tail and would otherwise cut it.
     """
     sorted_logits, idx = logits.sort(dim=-1, descending=True)
     v = logits.shape[-1]
     ranks = torch.arange(v, device=logits.device)[None, :]
-    mask = ranks >= top_k[:, None]
+    sorted_logits = sorted_logits.masked_fill(ranks >= top_k[:, None], float("-inf"))
     probs = sorted_logits.softmax(-1)
     # keep a token if the mass strictly before it is < top_p (always keeps the first)
-    mask |= (probs.cumsum(-1) - probs) >= top_p[:, None]
+    mask = ((probs.cumsum(-1) - probs) >= top_p[:, None]) & (top_p < 1.0)[:, None]
+    # min-p is a ratio to the top probability, so renormalisation does not change it
     mask |= probs < (min_p[:, None] * probs[:, :1])
     sorted_logits = sorted_logits.masked_fill(mask, float("-inf"))
     return torch.empty_like(logits).scatter_(-1, idx, sorted_logits)
 
 
 class Sampler:
-    """Turns last-position logits into next tokens for a batch of sequences."""
+    """Turns logits rows into processed distributions and draws tokens from them."""
 
     def __init__(self, vocab_size: int) -> None:
         self.vocab_size = vocab_size
 
-    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SamplerOutput:
-        """logits: float32 [B, V] raw model logits, one row per sequence in ``seqs``."""
+    def process(self, logits: torch.Tensor, rows: list[RowContext]) -> Processed:
+        """logits: raw model logits [N, V] (any float dtype), one row per ``rows`` entry."""
         logits = logits.float()
-        raw = logits
-        params = [s.params for s in seqs]
+        params = [r.seq.params for r in rows]
         if any(p.uses_penalties for p in params):
-            logits = apply_penalties(logits, seqs, logits.shape[-1])
-        for i, s in enumerate(seqs):
+            logits = apply_penalties(logits, rows)
+        elif any(r.seq.params.min_tokens for r in rows):
+            logits = logits.clone()  # the bans below write in place; raw logits stay intact
+        for i, r in enumerate(rows):
             # min_tokens: EOS and stop ids are banned until the minimum is reached
-            if s.params.min_tokens and len(s.output_token_ids) < s.params.min_tokens:
-                banned = list(s.params.stop_token_ids) + list(s.eos_token_ids)
+            p = r.seq.params
+            if p.min_tokens and len(r.output_ids) < p.min_tokens:
+                banned = list(p.stop_token_ids) + list(r.seq.eos_token_ids)
                 if banned:
                     logits[i, banned] = float("-inf")
-        greedy = all(p.greedy for p in params)
-        if greedy:
-            tokens = logits.argmax(-1)
-        else:
-            tokens = self._sample(logits, params, seqs)
-        token_list = tokens.tolist()
-        lps = self._logprobs(raw, token_list, params)
-        return SamplerOutput(token_list, lps)
-
-    def _sample(
-        self, logits: torch.Tensor, params: list[SamplingParams], seqs: list[Sequence]
-    ) -> torch.Tensor:
+        greedy = [p.greedy for p in params]
+        if all(greedy):
+            return Processed(logits, None, greedy)
         dev = logits.device
         v = logits.shape[-1]
-        temp = torch.tensor([p.temperature if p.temperature > 0 else 1.0 for p in params], device=dev)
+        temp = torch.tensor([1.0 if g else p.temperature for p, g in zip(params, greedy)], device=dev)
         scaled = logits / temp[:, None]
-        if any(p.top_k > 0 or p.top_p < 1.0 or p.min_p > 0 for p in params):
-            top_k = torch.tensor([p.top_k if p.top_k > 0 else v for p in params], device=dev)
-            top_p = torch.tensor([p.top_p for p in params], device=dev)
-            min_p = torch.tensor([p.min_p for p in params], device=dev)
-            scaled = top_k_top_p_min_p(scaled, top_k, top_p, min_p)
-        probs = scaled.softmax(-1)
-        noise = torch.empty_like(probs)
-        for i, s in enumerate(seqs):
-            noise[i].exponential_(generator=s.generator)
-        sampled = (probs / noise).argmax(-1)
-        greedy_rows = torch.tensor([p.greedy for p in params], device=dev)
-        return torch.where(greedy_rows, logits.argmax(-1), sampled)
+        trunc = [i for i, p in enumerate(params) if p.truncates and not greedy[i]]
+        if trunc:
+            sel = [params[i] for i in trunc]
+            top_k = torch.tensor([p.top_k if p.top_k > 0 else v for p in sel], device=dev)
+            top_p = torch.tensor([p.top_p for p in sel], device=dev)
+            min_p = torch.tensor([p.min_p for p in sel], device=dev)
+            ti = torch.tensor(trunc, device=dev)
+            scaled[ti] = top_k_top_p_min_p(scaled[ti], top_k, top_p, min_p)
+        return Processed(logits, scaled.softmax(-1), greedy)
 
     @staticmethod
-    def _logprobs(
+    def draw(proc: Processed, row: int, generator: torch.Generator | None) -> int:
+        """The token of one row: argmax for greedy rows, a seeded draw otherwise."""
+        if proc.greedy[row] or proc.probs is None:
+            return int(proc.logits[row].argmax())
+        return sample_from(proc.probs[row], generator)
+
+    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SamplerOutput:
+        """Plain sampling: one next token per sequence. logits: [B, V] last-position rows."""
+        proc = self.process(logits, [RowContext.of(s) for s in seqs])
+        if all(proc.greedy):
+            tokens = proc.logits.argmax(-1).tolist()
+        else:
+            tokens = [self.draw(proc, i, s.generator) for i, s in enumerate(seqs)]
+        params = [s.params for s in seqs]
+        return SamplerOutput(tokens, self.logprobs(logits.float(), tokens, params))
+
+    @staticmethod
+    def logprobs(
         raw: torch.Tensor, tokens: list[int], params: list[SamplingParams]
     ) -> list[dict[int, Logprob] | None]:
+        """Per row, the chosen token's raw-model logprob plus the requested top alternatives
+        (None for rows that asked for no logprobs). raw: fp32 [N, V]."""
         out: list[dict[int, Logprob] | None] = [None] * len(tokens)
         rows = [i for i, p in enumerate(params) if p.logprobs is not None]
         if not rows:

@@ -11,6 +11,10 @@ _FLOAT_FIELDS = ("temperature", "top_p", "min_p", "repetition_penalty", "presenc
                  "frequency_penalty")
 _INT_FIELDS = ("n", "top_k", "max_tokens", "min_tokens", "seed", "logprobs", "prompt_logprobs")
 _OPTIONAL_FIELDS = ("seed", "logprobs", "prompt_logprobs")
+#: temperatures below this are treated as greedy (dividing logits by them overflows)
+SAMPLING_EPS = 1e-5
+#: seeds are 64-bit (torch.Generator); sequence i of an n>1 request uses (seed + i) mod 2**64
+MAX_SEED = 2**64 - 1
 
 
 def _is_int(v: object) -> bool:
@@ -25,7 +29,7 @@ def _is_real(v: object) -> bool:
 class SamplingParams:
     """Per-request sampling controls (vLLM-shaped).
 
-    temperature 0 means greedy. top_p in (0, 1], top_k -1 or 0 disables, min_p in [0, 1].
+    temperature 0 (or anything below 1e-5) means greedy. top_p in (0, 1], top_k -1 or 0 disables, min_p in [0, 1].
     Penalties follow vLLM: repetition (>0, 1 = off) over prompt+output tokens, presence and
     frequency (in [-2, 2]) over output tokens. ``seed`` makes the sample stream a function of
     the request alone (not of the batch it runs in). ``logprobs``/``prompt_logprobs``: how many
@@ -102,12 +106,20 @@ class SamplingParams:
             bad("logprobs", "None or an integer >= 0")
         if self.prompt_logprobs is not None and self.prompt_logprobs < 0:
             bad("prompt_logprobs", "None or an integer >= 0")
+        if self.seed is not None and not (0 <= self.seed <= MAX_SEED):
+            bad("seed", f"None or an integer in [0, {MAX_SEED}]")
         if any(not isinstance(s, str) or not s for s in self.stop):  # type: ignore[union-attr]
             bad("stop", "non-empty strings")
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < SAMPLING_EPS
+
+    @property
+    def truncates(self) -> bool:
+        """Whether top-k, top-p or min-p restricts the distribution (rows that do not are
+        left untouched by the truncation mask)."""
+        return self.top_k > 0 or self.top_p < 1.0 or self.min_p > 0.0
 
     @property
     def uses_penalties(self) -> bool:

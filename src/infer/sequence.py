@@ -50,6 +50,12 @@ class Sequence:
     token_times: list[float] = field(default_factory=list)
     num_preemptions: int = 0
     num_cached_prompt_tokens: int = 0
+    #: length of the output text already searched for stop strings
+    stop_checked_len: int = 0
+    #: speculative decoding: draft tokens proposed / accepted, and verify steps that had drafts
+    spec_drafted: int = 0
+    spec_accepted: int = 0
+    spec_steps: int = 0
 
     @property
     def tokens(self) -> list[int]:

@@ -21,6 +21,15 @@ class KVCacheManager(Protocol):
         """Attach cached blocks for seq's prompt prefix; returns tokens already cached."""
         ...
 
+    def peek_prefix(self, seq: Sequence) -> int:
+        """Tokens of seq that ``match_prefix`` would reuse, attaching nothing (0 without reuse)."""
+        ...
+
+    def trim(self, seq: Sequence) -> None:
+        """Release seq's blocks beyond its ``num_computed_tokens`` (slots reserved for draft
+        tokens that were rejected or never proposed)."""
+        ...
+
     def can_allocate(self, seq: Sequence, n_new: int) -> bool:
         """Whether ``n_new`` more tokens of seq fit without evicting live data."""
         ...
@@ -49,6 +58,9 @@ class KVCacheManager(Protocol):
 class PagedKVCacheManager:
     """Per-sequence block tables over a shared pool; no reuse across requests."""
 
+    #: whether ``match_prefix`` can ever return > 0 (schedule_policy=lpm needs it)
+    reuses_prefixes = False
+
     def __init__(self, num_blocks: int, block_size: int) -> None:
         if block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {block_size}")
@@ -64,6 +76,17 @@ class PagedKVCacheManager:
 
     def match_prefix(self, seq: Sequence) -> int:
         return 0
+
+    def peek_prefix(self, seq: Sequence) -> int:
+        return 0
+
+    def trim(self, seq: Sequence) -> None:
+        table = self._tables.get(seq.seq_id)
+        if not table:
+            return
+        keep = -(-seq.num_computed_tokens // self.block_size)
+        while len(table) > keep:
+            self.allocator.decref(table.pop())
 
     def can_allocate(self, seq: Sequence, n_new: int) -> bool:
         return self.blocks_needed(seq, n_new) <= self.allocator.num_free

@@ -39,6 +39,8 @@ class RadixNode:
 class RadixKVCacheManager(PagedKVCacheManager):
     """Paged KV with cross-request prefix reuse and LRU eviction of unused leaves."""
 
+    reuses_prefixes = True
+
     def __init__(self, num_blocks: int, block_size: int) -> None:
         super().__init__(num_blocks, block_size)
         self.root = RadixNode((), -1, None)
