@@ -34,11 +34,17 @@ def test_matches_brute_force_as_the_sequence_grows(n_min: int, n_max: int, vocab
         tokens = [rng.randrange(vocab) for _ in range(rng.randint(0, 6))]
         while len(tokens) < 120:
             k = rng.randint(0, 7)
-            assert prop.propose_tokens(key, tokens, k) == reference(tokens, min(k, 5), n_min, n_max), tokens
+            assert prop.propose_tokens(key, tokens, k) == reference(
+                tokens, min(k, 5), n_min, n_max
+            ), tokens
             # the sequence advances by 1..4 tokens (accepted drafts + bonus), sometimes following the draft
             draft = reference(tokens, 4, n_min, n_max)
             step = rng.randint(1, 4)
-            tokens = tokens + (draft[:step] if draft and rng.random() < 0.5 else [rng.randrange(vocab) for _ in range(step)])
+            tokens = tokens + (
+                draft[:step]
+                if draft and rng.random() < 0.5
+                else [rng.randrange(vocab) for _ in range(step)]
+            )
     assert len(prop._index) == 5
 
 
@@ -68,14 +74,20 @@ def test_no_match_and_slot_limits() -> None:
 
 
 def _seq(seq_id: int, prompt: list[int], out: list[int]) -> Sequence:
-    return Sequence(seq_id, f"r{seq_id}", None, list(prompt), SamplingParams(), 0.0, output_token_ids=list(out))
+    return Sequence(
+        seq_id, f"r{seq_id}", None, list(prompt), SamplingParams(), 0.0, output_token_ids=list(out)
+    )
 
 
 def test_protocol_over_sequences_and_free() -> None:
     prop = NgramProposer(num_tokens=4, n_min=1, n_max=4)
     a, b = _seq(0, [10, 11, 12, 13, 10, 11], []), _seq(1, [1, 2, 3], [1, 2])
     draft = prop.propose([a, b], [4, 1])
-    assert draft.tokens == [[12, 13, 10, 11], [3]] and draft.probs is None and draft.probs_of(0) is None
+    assert (
+        draft.tokens == [[12, 13, 10, 11], [3]]
+        and draft.probs is None
+        and draft.probs_of(0) is None
+    )
     b.output_token_ids += [3, 1]
     prop.commit([a, b], [0, 1])
     assert prop.propose([b], [3]).tokens == [[2, 3, 1]]
@@ -87,8 +99,14 @@ def test_protocol_over_sequences_and_free() -> None:
     assert prop.propose([c], [2]).tokens == [[8, 9]]
 
 
-@pytest.mark.parametrize(("kw", "field"), [({"num_tokens": -1}, "num_tokens"), ({"num_tokens": 2, "n_min": 0}, "n_min"),
-                                           ({"num_tokens": 2, "n_min": 4, "n_max": 3}, "n_max")])
+@pytest.mark.parametrize(
+    ("kw", "field"),
+    [
+        ({"num_tokens": -1}, "num_tokens"),
+        ({"num_tokens": 2, "n_min": 0}, "n_min"),
+        ({"num_tokens": 2, "n_min": 4, "n_max": 3}, "n_max"),
+    ],
+)
 def test_bad_config_names_the_field(kw: dict, field: str) -> None:
     with pytest.raises(ValueError, match=field):
         NgramProposer(**kw)

@@ -39,8 +39,12 @@ def _rate(pol: AdaptivePolicy, ks: list[int], rates: list[float], batch: int) ->
 def test_greedy_choice_is_optimal_under_the_cost_model(seed: int) -> None:
     """With margin 0 the allocation maximises tokens per unit time (brute force over all k vectors)."""
     rng = random.Random(seed)
-    pol = AdaptivePolicy(num_tokens=4, knee_tokens=rng.choice([4.0, 16.0, 64.0]),
-                         draft_cost=rng.choice([0.0, 0.05]), margin=0.0)
+    pol = AdaptivePolicy(
+        num_tokens=4,
+        knee_tokens=rng.choice([4.0, 16.0, 64.0]),
+        draft_cost=rng.choice([0.0, 0.05]),
+        margin=0.0,
+    )
     rates = [rng.random() for _ in range(3)]
     batch = rng.choice([3, 10, 40])
     got = pol.choose(rates, batch)
@@ -119,7 +123,13 @@ def test_free_and_bad_input() -> None:
     assert s.seq_id not in pol._seq
     with pytest.raises(ValueError, match="accepted"):
         pol.update([s], [1], [2])
-    for name, bad in (("knee_tokens", 0), ("decay", 1.0), ("prior", 1.5), ("margin", -1), ("prior_weight", 0)):
+    for name, bad in (
+        ("knee_tokens", 0),
+        ("decay", 1.0),
+        ("prior", 1.5),
+        ("margin", -1),
+        ("prior_weight", 0),
+    ):
         with pytest.raises(ValueError, match=name):
             AdaptivePolicy(2, **{name: bad})
 

@@ -40,7 +40,11 @@ def check_trie(trie: SuffixTrie, texts: list[list[int]]) -> None:
     assert {w: cnt for w, (cnt, _) in got.items()} == dict(c)
     for w, (_, cont) in got.items():
         # followed by a token: occurrences of w + any token (only counted when len(w) < d)
-        assert cont == (sum(v for u, v in c.items() if len(u) == len(w) + 1 and u[:-1] == w) if len(w) < d else 0)
+        assert cont == (
+            sum(v for u, v in c.items() if len(u) == len(w) + 1 and u[:-1] == w)
+            if len(w) < d
+            else 0
+        )
     assert trie.num_nodes == len(c)
 
 
@@ -76,7 +80,9 @@ def test_live_trie_extends_incrementally() -> None:
         assert len(live.active) == min(5, len(tokens) + 1)
 
 
-def reference(texts: list[list[int]], context: list[int], k: int, d: int, max_match: int, min_prob: float) -> list[int]:
+def reference(
+    texts: list[list[int]], context: list[int], k: int, d: int, max_match: int, min_prob: float
+) -> list[int]:
     """Brute-force proposal: for each match length (longest first, strict improvement wins), follow the
     most frequent next token (smallest id on ties) while the running probability stays >= min_prob."""
     c = substr_counts(texts, d)
@@ -132,14 +138,18 @@ def test_global_trie_proposes_past_outputs_and_evicts_oldest() -> None:
 
 
 def test_most_frequent_continuation_wins() -> None:
-    prop = SuffixProposer(num_tokens=2, max_tree_tokens=1000, max_depth=8, max_match=4, min_prob=0.1)
+    prop = SuffixProposer(
+        num_tokens=2, max_tree_tokens=1000, max_depth=8, max_match=4, min_prob=0.1
+    )
     for tail in ([3, 9], [3, 9], [3, 9], [4, 0]):
         prop.add_output([1, 2] + tail)
     assert prop.propose_tokens(0, [5, 1, 2], 2) == [3, 9]
     # the sequence's own text adds evidence too: 1 2 -> 4 0 three times in the context
     assert prop.propose_tokens(1, [1, 2, 4, 0, 1, 2, 4, 0, 1, 2, 4, 0, 1, 2], 2) == [4, 0]
     # min_prob cuts low-confidence drafts
-    strict = SuffixProposer(num_tokens=2, max_tree_tokens=1000, max_depth=8, max_match=4, min_prob=0.9)
+    strict = SuffixProposer(
+        num_tokens=2, max_tree_tokens=1000, max_depth=8, max_match=4, min_prob=0.9
+    )
     for tail in ([3], [4]):
         strict.add_output([1, 2] + tail)
     assert strict.propose_tokens(0, [1, 2], 2) == []
@@ -163,9 +173,15 @@ def test_free_adds_only_finished_outputs() -> None:
     assert prop.propose([_seq(2, [9, 40], SeqStatus.RUNNING, None)], [2]).tokens == [[41, 42]]
 
 
-@pytest.mark.parametrize(("kw", "field"), [({"num_tokens": -1}, "num_tokens"), ({"num_tokens": 1, "max_tree_tokens": -5}, "max_tree_tokens"),
-                                           ({"num_tokens": 1, "max_match": 8, "max_depth": 8}, "max_match"),
-                                           ({"num_tokens": 1, "min_prob": 2.0}, "min_prob")])
+@pytest.mark.parametrize(
+    ("kw", "field"),
+    [
+        ({"num_tokens": -1}, "num_tokens"),
+        ({"num_tokens": 1, "max_tree_tokens": -5}, "max_tree_tokens"),
+        ({"num_tokens": 1, "max_match": 8, "max_depth": 8}, "max_match"),
+        ({"num_tokens": 1, "min_prob": 2.0}, "min_prob"),
+    ],
+)
 def test_bad_config_names_the_field(kw: dict, field: str) -> None:
     with pytest.raises(ValueError, match=field):
         SuffixProposer(**kw)

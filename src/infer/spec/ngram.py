@@ -27,7 +27,9 @@ class _Index:
 
     tables: dict[int, dict[tuple[int, ...], int]]
     length: int = 0  # tokens seen at the last update
-    last: int = -1  # the token at position length-1 then (a cheap check that history was not rewritten)
+    last: int = (
+        -1
+    )  # the token at position length-1 then (a cheap check that history was not rewritten)
 
 
 class NgramProposer:
@@ -41,7 +43,9 @@ class NgramProposer:
         if int(num_tokens) < 0:
             raise ValueError(f"spec.num_tokens must be >= 0, got {num_tokens}")
         if not 1 <= int(n_min) <= int(n_max):
-            raise ValueError(f"spec.proposer.n_min/n_max must satisfy 1 <= n_min <= n_max, got {n_min}, {n_max}")
+            raise ValueError(
+                f"spec.proposer.n_min/n_max must satisfy 1 <= n_min <= n_max, got {n_min}, {n_max}"
+            )
         self.num_tokens = int(num_tokens)
         self.n_min, self.n_max = int(n_min), int(n_max)
         self._index: dict[int, _Index] = {}
@@ -54,7 +58,7 @@ class NgramProposer:
 
     def commit(self, seqs: list[Sequence], num_accepted: list[int]) -> None:
         """Nothing to do: the index catches up with the new tokens at the next ``propose``."""
-        return None
+        return
 
     def free(self, seq: Sequence) -> None:
         self._index.pop(seq.seq_id, None)

@@ -65,16 +65,30 @@ class AdaptivePolicy:
     prior_weight: pseudo-trials of the prior (> 0; larger = slower to trust evidence).
     """
 
-    def __init__(self, num_tokens: int, knee_tokens: float = 16.0, draft_cost: float = 0.0,
-                 margin: float = 0.05, decay: float = 0.8, prior: float = 0.5, prior_weight: float = 2.0) -> None:
+    def __init__(
+        self,
+        num_tokens: int,
+        knee_tokens: float = 16.0,
+        draft_cost: float = 0.0,
+        margin: float = 0.05,
+        decay: float = 0.8,
+        prior: float = 0.5,
+        prior_weight: float = 2.0,
+    ) -> None:
         checks = {
-            "num_tokens": int(num_tokens) >= 0, "knee_tokens": float(knee_tokens) > 0,
-            "draft_cost": float(draft_cost) >= 0, "margin": float(margin) >= 0,
-            "decay": 0 <= float(decay) < 1, "prior": 0 <= float(prior) <= 1, "prior_weight": float(prior_weight) > 0,
+            "num_tokens": int(num_tokens) >= 0,
+            "knee_tokens": float(knee_tokens) > 0,
+            "draft_cost": float(draft_cost) >= 0,
+            "margin": float(margin) >= 0,
+            "decay": 0 <= float(decay) < 1,
+            "prior": 0 <= float(prior) <= 1,
+            "prior_weight": float(prior_weight) > 0,
         }
         for name, ok in checks.items():
             if not ok:
-                raise ValueError(f"spec.policy.{name} is out of range (got {locals()[name]!r}); see AdaptivePolicy's docstring")
+                raise ValueError(
+                    f"spec.policy.{name} is out of range (got {locals()[name]!r}); see AdaptivePolicy's docstring"
+                )
         self.num_tokens = int(num_tokens)
         self.knee_tokens = float(knee_tokens)
         self.draft_cost = float(draft_cost)
@@ -129,7 +143,9 @@ class AdaptivePolicy:
         g_acc, g_trials = 0.0, 0.0
         for s, d, n in zip(seqs, drafted, accepted):
             if n > d or n < 0:
-                raise ValueError(f"accepted ({n}) must be in [0, drafted={d}] for sequence {s.seq_id}")
+                raise ValueError(
+                    f"accepted ({n}) must be in [0, drafted={d}] for sequence {s.seq_id}"
+                )
             trials = n + (1 if n < d else 0)
             st = self._seq.setdefault(s.seq_id, [0.0, 0.0])
             st[0] = b * st[0] + n

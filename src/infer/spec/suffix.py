@@ -35,7 +35,7 @@ _DIRTY = -2  # best child unknown (after a decrement); recomputed on demand
 
 
 class _Node:
-    __slots__ = ("children", "count", "cont", "best")
+    __slots__ = ("best", "children", "cont", "count")
 
     def __init__(self) -> None:
         self.children: dict[int, _Node] = {}
@@ -45,7 +45,11 @@ class _Node:
 
     def best_child(self) -> tuple[int, _Node] | None:
         if self.best == _DIRTY:
-            self.best = max(self.children, key=lambda t: (self.children[t].count, -t)) if self.children else -1
+            self.best = (
+                max(self.children, key=lambda t: (self.children[t].count, -t))
+                if self.children
+                else -1
+            )
         return None if self.best < 0 else (self.best, self.children[self.best])
 
     def bump(self, token: int) -> _Node:
@@ -142,7 +146,7 @@ def best_path(node: _Node, k: int, min_prob: float) -> tuple[list[int], float]:
 class _Live:
     """A sequence's own trie plus the nodes of its current suffixes (active[d]: length d)."""
 
-    __slots__ = ("trie", "active", "length", "last")
+    __slots__ = ("active", "last", "length", "trie")
 
     def __init__(self, max_depth: int) -> None:
         self.trie = SuffixTrie(max_depth)
@@ -178,15 +182,23 @@ class SuffixProposer:
     min_prob: a draft stops once its estimated probability of being accepted drops below this.
     """
 
-    def __init__(self, num_tokens: int, max_tree_tokens: int = 100_000, max_depth: int = 16,
-                 max_match: int = 8, min_prob: float = 0.1) -> None:
+    def __init__(
+        self,
+        num_tokens: int,
+        max_tree_tokens: int = 100_000,
+        max_depth: int = 16,
+        max_match: int = 8,
+        min_prob: float = 0.1,
+    ) -> None:
         if int(num_tokens) < 0:
             raise ValueError(f"spec.num_tokens must be >= 0, got {num_tokens}")
         if int(max_tree_tokens) < 0:
             raise ValueError(f"spec.proposer.max_tree_tokens must be >= 0, got {max_tree_tokens}")
         if not 1 <= int(max_match) < int(max_depth):
-            raise ValueError(f"spec.proposer.max_match/max_depth must satisfy 1 <= max_match < max_depth, "
-                             f"got {max_match}, {max_depth}")
+            raise ValueError(
+                f"spec.proposer.max_match/max_depth must satisfy 1 <= max_match < max_depth, "
+                f"got {max_match}, {max_depth}"
+            )
         if not 0.0 <= float(min_prob) <= 1.0:
             raise ValueError(f"spec.proposer.min_prob must be in [0, 1], got {min_prob}")
         self.num_tokens = int(num_tokens)
@@ -205,7 +217,7 @@ class SuffixProposer:
 
     def commit(self, seqs: list[Sequence], num_accepted: list[int]) -> None:
         """Nothing to do: a sequence's trie catches up with its new tokens at the next ``propose``."""
-        return None
+        return
 
     def free(self, seq: Sequence) -> None:
         """Drop the sequence's trie; a finished one (stop or length) adds its output to the global trie."""
@@ -253,7 +265,11 @@ class SuffixProposer:
 
     def _catch_up(self, key: int, tokens: list[int]) -> _Live:
         live = self._live.get(key)
-        if live is None or live.length > len(tokens) or (live.length and live.last != tokens[live.length - 1]):
+        if (
+            live is None
+            or live.length > len(tokens)
+            or (live.length and live.last != tokens[live.length - 1])
+        ):
             live = self._live[key] = _Live(self.global_trie.max_depth)
         live.extend(tokens[live.length :])
         return live

@@ -41,7 +41,9 @@ def verify_greedy(target_argmax: list[int], draft: list[int]) -> list[int]:
     the target's own token at the first mismatch (or the bonus token): 1..k+1 ids.
     """
     if len(target_argmax) != len(draft) + 1:
-        raise ValueError(f"target_argmax has {len(target_argmax)} entries; expected len(draft)+1 = {len(draft) + 1}")
+        raise ValueError(
+            f"target_argmax has {len(target_argmax)} entries; expected len(draft)+1 = {len(draft) + 1}"
+        )
     out: list[int] = []
     for t, d in zip(target_argmax, draft):
         out.append(int(t))
@@ -51,7 +53,9 @@ def verify_greedy(target_argmax: list[int], draft: list[int]) -> list[int]:
     return out
 
 
-def verify_greedy_batch(target_argmax: torch.Tensor, draft: torch.Tensor, num_draft: torch.Tensor) -> torch.Tensor:
+def verify_greedy_batch(
+    target_argmax: torch.Tensor, draft: torch.Tensor, num_draft: torch.Tensor
+) -> torch.Tensor:
     """Batched greedy acceptance counts (no host sync).
 
     target_argmax: int64 [B, K+1]; draft: int64 [B, K] (padded); num_draft: int64 [B] (<= K).
@@ -87,7 +91,11 @@ def rejection_core(
     rows = torch.arange(b, device=dev)
     pos = torch.arange(k, device=dev)
     p_x = target_probs[:, :k].gather(-1, draft[..., None]).squeeze(-1)
-    q_x = torch.ones_like(p_x) if draft_probs is None else draft_probs.gather(-1, draft[..., None]).squeeze(-1)
+    q_x = (
+        torch.ones_like(p_x)
+        if draft_probs is None
+        else draft_probs.gather(-1, draft[..., None]).squeeze(-1)
+    )
     # u < p/q  <=>  u*q < p (no division; q(x) = 0 accepts iff p(x) > 0; p(x) = 0 never accepts)
     accept = (uniform * q_x < p_x) & (pos[None, :] < num_draft[:, None])
     n = accept.long().cumprod(-1).sum(-1)
@@ -132,13 +140,20 @@ def verify_rejection(
     """
     k = len(draft)
     if target_probs.dim() != 2 or target_probs.shape[0] != k + 1:
-        raise ValueError(f"target_probs has shape {tuple(target_probs.shape)}; expected [len(draft)+1={k + 1}, V]")
+        raise ValueError(
+            f"target_probs has shape {tuple(target_probs.shape)}; expected [len(draft)+1={k + 1}, V]"
+        )
     if draft_probs is not None and tuple(draft_probs.shape) != (k, target_probs.shape[1]):
-        raise ValueError(f"draft_probs has shape {tuple(draft_probs.shape)}; expected [{k}, {target_probs.shape[1]}]")
+        raise ValueError(
+            f"draft_probs has shape {tuple(draft_probs.shape)}; expected [{k}, {target_probs.shape[1]}]"
+        )
     dev = target_probs.device
     # no uniform draw at all when k == 0, so plain sampling's generator stream is untouched
-    uniform = torch.rand(k, generator=generator, device=dev, dtype=target_probs.dtype) if k else \
-        torch.empty(0, device=dev, dtype=target_probs.dtype)
+    uniform = (
+        torch.rand(k, generator=generator, device=dev, dtype=target_probs.dtype)
+        if k
+        else torch.empty(0, device=dev, dtype=target_probs.dtype)
+    )
     noise = torch.empty_like(target_probs[0]).exponential_(generator=generator)
     tokens, n = rejection_core(
         target_probs[None],
