@@ -70,3 +70,29 @@ def test_quantized_engine_runs(setup: Any) -> None:
     for doc_h, doc_o in zip(_resps(hf, "infer_test_mc"), _resps(ours, "infer_test_mc"), strict=True):
         for (ll_h, _), (ll_o, _) in zip(doc_h, doc_o, strict=True):
             assert ll_o != ll_h and abs(ll_o - ll_h) < 0.1 * abs(ll_h)
+
+
+def test_run_py_task_lm_eval(setup: Any, tmp_path: Path) -> None:
+    """``python run.py task=lm_eval`` on local tasks: flat ``<task>/<metric>`` columns equal to
+    the same evaluation run in-process; samples written beside metrics.json."""
+    import json
+    import subprocess
+    import sys
+
+    _, include, _ = setup
+    repo = Path(__file__).resolve().parents[2]
+    r = subprocess.run(
+        [sys.executable, "run.py", "model=tiny", "task=lm_eval", "threads=1",
+         "lm_eval.tasks=[infer_test_mc,infer_test_rolling]", f"lm_eval.include_path={include}",
+         f"lm_eval.max_length={MAX_LENGTH}", "lm_eval.log_samples=true", f"hydra.run.dir={tmp_path}"],
+        cwd=repo, capture_output=True, text=True, timeout=600,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    ref = _evaluate("infer", f"model=tiny,threads=1,max_length={MAX_LENGTH}", include)["results"]
+    assert metrics["infer_test_mc/acc"] == ref["infer_test_mc"]["acc,none"]
+    assert metrics["infer_test_mc/acc_norm"] == ref["infer_test_mc"]["acc_norm,none"]
+    assert metrics["infer_test_rolling/word_perplexity"] == pytest.approx(
+        ref["infer_test_rolling"]["word_perplexity,none"], rel=1e-9)
+    lines = (tmp_path / "lm_eval_samples.jsonl").read_text().splitlines()
+    assert len(lines) == 6 + 3
