@@ -17,6 +17,7 @@ from infer.quant.kv_cache import parse_kv_cache_dtype
 from infer.runner import KVSpec, ModelRunner
 from infer.sampling import Sampler
 from infer.scheduler import Scheduler
+from infer.spec.factory import TargetContext, build_spec
 from infer.utils import parse_device, parse_dtype, set_threads
 
 
@@ -83,9 +84,14 @@ def build(cfg: DictConfig) -> Engine:
     eos = list(args.eos_token_ids)
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos:
         eos.append(tokenizer.eos_token_id)
+    sampler = Sampler(args.vocab_size)
+    proposer, policy = build_spec(cfg.spec, TargetContext(
+        model, folder, dtype, device, ops, max_len, args.vocab_size, kv, cfg.attention, sampler,
+        cfg.get("cache_dir"),
+    ))
     engine = Engine(
-        runner, scheduler, Sampler(args.vocab_size), tokenizer, instantiate(cfg.spec.proposer),
-        max_len, args.vocab_size, eos, seed=int(e.seed),
+        runner, scheduler, sampler, tokenizer, proposer,
+        max_len, args.vocab_size, eos, seed=int(e.seed), policy=policy,
     )
     engine.model_path = folder  # type: ignore[attr-defined]
     engine.config = cfg  # type: ignore[attr-defined]

@@ -99,12 +99,25 @@ class Engine:
         self._requests: dict[str, list[Sequence]] = {}
         self.stats = EngineStats()
         scheduler.draft_slots = self._draft_slots
-        scheduler.on_preempt = proposer.free  # type: ignore[method-assign]
+        scheduler.on_preempt = self._forget  # type: ignore[method-assign]
 
     def _draft_slots(self, seqs: list[Sequence], batch_size: int) -> list[int]:
-        if self.policy is not None:
-            return list(self.policy.num_slots(seqs, batch_size))
-        return [int(getattr(self.proposer, "num_tokens", 0))] * len(seqs)
+        """Draft slots per decoding sequence. Seeded sampled requests always get the full k:
+        their random stream must not depend on what else is in the batch (the adaptive
+        policy looks at the batch)."""
+        k = int(getattr(self.proposer, "num_tokens", 0))
+        if k == 0:
+            return [0] * len(seqs)
+        if self.policy is None:
+            return [k] * len(seqs)
+        slots = list(self.policy.num_slots(seqs, batch_size))
+        return [k if (s.params.seed is not None and not s.params.greedy) else n for s, n in zip(seqs, slots)]
+
+    def _forget(self, seq: Sequence) -> None:
+        """seq finished, was aborted or preempted: the proposer and policy drop its state."""
+        self.proposer.free(seq)
+        if self.policy is not None and hasattr(self.policy, "free"):
+            self.policy.free(seq)
 
     def reset_stats(self) -> None:
         self.stats = EngineStats()
@@ -341,7 +354,7 @@ class Engine:
                 if isinstance(acc, Exception) or acc is None:
                     raise acc or RuntimeError("no verification result")
                 n_acc = self._append_run(seq, b, acc, logits, r.sample[0], now)
-                if b.num_slots:
+                if b.num_slots or (self.policy is not None and not b.seq.in_prefill and b.num_new == 1):
                     spec_seqs.append(seq)
                     spec_drafted.append(len(b.draft))
                     spec_acc.append(n_acc)
@@ -352,9 +365,10 @@ class Engine:
             except Exception as e:  # one bad request fails alone
                 self._fail(seq, e)
         if spec_seqs:
-            live = [(s, a) for s, a in zip(spec_seqs, spec_acc) if not s.is_finished]
-            self.proposer.commit([s for s, _ in live], [a for _, a in live])
-            if self.policy is not None:
+            live = [(s, a) for s, a, d in zip(spec_seqs, spec_acc, spec_drafted) if d and not s.is_finished]
+            if live:
+                self.proposer.commit([s for s, _ in live], [a for _, a in live])
+            if self.policy is not None and self.proposer.num_tokens:
                 self.policy.update(spec_seqs, spec_drafted, spec_acc)
 
     def _append_run(
@@ -436,7 +450,7 @@ class Engine:
             seq.output_text = decode_output(self.tokenizer, seq)
         seq.status = SeqStatus.FINISHED
         self.scheduler.finish(seq)
-        self.proposer.free(seq)
+        self._forget(seq)
 
     def _request_output(self, rid: str) -> RequestOutput:
         seqs = self._requests[rid]

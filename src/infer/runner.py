@@ -45,7 +45,10 @@ class ModelRunner:
         backend: AttentionBackend,
         kv: KVSpec,
         device: torch.device,
+        layers: list[int] | None = None,
     ) -> None:
+        """``layers``: the layer indices that get a KV cache (None = all ``kv.num_layers``);
+        a layer-skipping draft allocates only the layers it runs."""
         self.model = model
         self.backend = backend
         self.kv = kv
@@ -56,17 +59,19 @@ class ModelRunner:
             k_shape, v_shape = shapes(kv.num_blocks, kv.block_size, kv.num_kv_heads, kv.head_dim, kv.dtype, device)
         else:
             k_shape = v_shape = (kv.num_blocks, kv.block_size, kv.num_kv_heads, kv.head_dim)
-        self.kv_caches = [
-            (torch.zeros(k_shape, dtype=kv.dtype, device=device),
-             torch.zeros(v_shape, dtype=kv.dtype, device=device))
-            for _ in range(kv.num_layers)
-        ]
-        if is_quantized(kv.dtype):  # (k, v, k_scale, v_scale): scales [NB, BS, Hk] fp32
-            sshape = (kv.num_blocks, kv.block_size, kv.num_kv_heads)
-            self.kv_caches = [  # type: ignore[misc]
-                (k, v, torch.zeros(sshape, device=device), torch.zeros(sshape, device=device))
-                for k, v in self.kv_caches
-            ]
+        keep = set(range(kv.num_layers) if layers is None else layers)
+        sshape = (kv.num_blocks, kv.block_size, kv.num_kv_heads)
+
+        def layer_cache(i: int) -> tuple[torch.Tensor, ...] | None:
+            if i not in keep:
+                return None
+            kc = torch.zeros(k_shape, dtype=kv.dtype, device=device)
+            vc = torch.zeros(v_shape, dtype=kv.dtype, device=device)
+            if is_quantized(kv.dtype):  # (k, v, k_scale, v_scale): scales [NB, BS, Hk] fp32
+                return kc, vc, torch.zeros(sshape, device=device), torch.zeros(sshape, device=device)
+            return kc, vc
+
+        self.kv_caches = [layer_cache(i) for i in range(kv.num_layers)]
 
     @torch.inference_mode()
     def execute(

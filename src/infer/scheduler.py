@@ -155,7 +155,7 @@ class Scheduler:
         scheduled: set[int] = set()
 
         dec = [s for s in self.running if not s.in_prefill]
-        wants = self.draft_slots(dec, len(self.running)) if dec else []
+        wants = self.draft_slots(dec, self._tokens_anyway(len(dec))) if dec else []
         for seq, want in zip(dec, wants):
             if budget < 1 or seq not in self.running:
                 continue
@@ -222,6 +222,14 @@ class Scheduler:
                 inflight.add(key)
         self.waiting.extendleft(reversed(deferred))
         return decodes + prefills
+
+    def _tokens_anyway(self, num_decodes: int) -> int:
+        """Tokens this step computes without drafts: one per decode plus the prefill work
+        queued behind them, capped by the budget (what a draft slot is weighed against)."""
+        pending = sum(s.num_tokens - s.num_computed_tokens for s in self.running if s.in_prefill)
+        room = self.max_num_seqs - len(self.running)
+        pending += sum(s.num_tokens for s in list(self.waiting)[: max(room, 0)])
+        return num_decodes + min(pending, max(self.max_num_batched_tokens - num_decodes, 0))
 
     def _starved(self, seq: Sequence) -> bool:
         return self._step - self._enqueued.get(seq.seq_id, self._step) >= self.lpm_max_wait_steps
