@@ -5,7 +5,9 @@ prefix-extending chunks in place over their blocks (see csrc/paged_attention_cpu
 fresh prompts attend to their own new k/v with batched GEMMs. Otherwise, in torch: decodes (one query each) are attended together: their blocks are gathered into one padded
 [B, L, Hk, D] tensor and a single masked SDPA call covers the batch. Prefill chunks are
 attended per sequence (each is large, so the loop costs little); a chunk with no cached
-prefix attends to its fresh k/v directly without touching the cache.
+prefix attends to its fresh k/v directly without reading the cache back, but through
+``as_stored``: with an int8/fp8 cache it sees the dequantized values every later chunk,
+decode or prefix hit reads, so outputs never depend on how a prompt was chunked.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch.nn.functional as F
 from infer.attention import cpu_kernel
 from infer.attention.base import AttentionMetadata, SeqSlice, build_metadata
 from infer.attention.torch_ref import attend_one, causal_prefill, gather_kv, store_kv
-from infer.quant.kv_cache import dequantize
+from infer.quant.kv_cache import as_stored, dequantize
 
 
 def plan_decode(
@@ -131,7 +133,12 @@ class PagedTorchBackend:
                     md.context_lens[i : i + 1], scale,
                 )
 
-            return _split_attend(q, k, v, md, scale, decodes, causal_prefill, extend)
+            def fresh(qi: torch.Tensor, ki: torch.Tensor, vi: torch.Tensor, s: float) -> torch.Tensor:
+                # the kernel's caches hold fp32 as given, so as_stored is the identity here;
+                # kept so this path stays exact if the kernel ever takes other cache dtypes
+                return causal_prefill(qi, as_stored(ki, kv_cache, 0), as_stored(vi, kv_cache, 1), s)
+
+            return _split_attend(q, k, v, md, scale, decodes, fresh, extend)
 
         store_kv(k, v, kv_cache, md.slot_mapping)
 
@@ -139,10 +146,14 @@ class PagedTorchBackend:
             ki, vi = gather_kv(kv_cache, md.block_tables[i], md.context_lens_list[i], q.dtype)
             return attend_one(qi, ki, vi, scale)
 
+        def fresh_torch(qi: torch.Tensor, ki: torch.Tensor, vi: torch.Tensor, s: float) -> torch.Tensor:
+            # the values a read of the cache returns (dequantized codes for int8/fp8)
+            return attend_one(qi, as_stored(ki, kv_cache, 0), as_stored(vi, kv_cache, 1), s)
+
         return _split_attend(
             q, k, v, md, scale,
             lambda qd, nd: decode_attention(qd, kv_cache, md.extra["decode"], scale),
-            attend_one, extend_torch,
+            fresh_torch, extend_torch,
         )
 
 

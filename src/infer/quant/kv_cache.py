@@ -6,7 +6,9 @@ scales [NB, BS, Hk], one per token per head, symmetric: ``x ~= code * scale`` wi
 ``scale = amax / 127`` (int8) or ``amax / 448`` (fp8) over the head's D values (the layout and
 rounding of ``infer_kernels.store_kvcache``, whose Triton kernels read it natively).
 The torch attention paths store with :func:`store_kv` and dequantize the blocks they gather
-with :func:`dequantize`; KV memory per token drops from 4 (fp32) or 2 (bf16) bytes per value to
+with :func:`dequantize`; a path that attends to a step's fresh k/v without reading them back
+from the cache first passes them through :func:`as_stored`, so every attention read of a token
+sees the same values whatever the chunking, preemption or prefix hits (lossless w.r.t. itself); KV memory per token drops from 4 (fp32) or 2 (bf16) bytes per value to
 1 plus 4 bytes per head (D=64: 1.06 bytes per value).
 """
 
@@ -57,3 +59,15 @@ def dequantize(codes: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dty
     if scale is None:
         return codes
     return (codes.float() * scale.unsqueeze(-1)).to(dtype)
+
+
+def as_stored(x: torch.Tensor, cache: tuple[torch.Tensor, ...], which: int) -> torch.Tensor:
+    """``x`` [T, Hk, D] as a later read of ``cache`` returns it, in x's dtype: quantized and
+    dequantized for an int8/fp8 cache (``which`` = 0 for K, 1 for V; the same codes and
+    scales :func:`store_kv` writes, so bit-identical to :func:`dequantize` of the gathered
+    blocks), cast through the cache dtype otherwise (a no-op when they match)."""
+    code_dtype = cache[which].dtype
+    if len(cache) == 4:
+        q, s = quantize_last_dim(x, code_dtype)
+        return dequantize(q, s, x.dtype)
+    return x if code_dtype == x.dtype else x.to(code_dtype).to(x.dtype)
