@@ -6,7 +6,7 @@ One run, side by side, at each thread count (default 1 and 2):
   * per activation-row count M (default 1, 4, 16, 64, 512): one "model pass" = every linear
     weight matrix of the model once (30 layers of qkv 576->960, o 576->576, gate_up 576->3072,
     down 1536->576, plus the tied 49152 x 576 LM head), through F.linear and through the C++
-    kernel (infer.quant.dense_cpu.kernel), in fp32 and bf16. For M <= 16 the pass streams all
+    kernel (infer.quant.dense_cpu.packed_linear on weights packed beforehand), in fp32 and bf16. For M <= 16 the pass streams all
     30 layers (537 MB fp32, far beyond the 32 MB L3) so it measures DRAM streaming; for larger
     M it is compute-bound and one layer plus the LM head is timed (and scaled to the model).
   * the quantized CPU kernels (int8, int4/AWQ layout) at M = 1 over the same pass, for the
@@ -18,7 +18,8 @@ GFLOP/s, fraction of the measured peak GEMM, and the implied decode bound in tok
 
     OMP_NUM_THREADS=2 .venv/bin/python scripts/bench_linear.py [--threads 1 2] [--rows 1 4 16 64 512]
 
-Noisy shared machine: quote the ratios within one run (kernel vs F.linear vs bandwidth).
+Noisy shared machine: quote the ratios within one run (kernel vs F.linear vs bandwidth); on a
+loaded machine ``--threads 1 --clock cpu`` times process CPU time instead of wall time.
 """
 
 from __future__ import annotations
@@ -40,14 +41,17 @@ LAYER_SHAPES = [("qkv", 960, HIDDEN), ("o", HIDDEN, HIDDEN), ("gate_up", 2 * INT
 STREAM_MAX_ROWS = 16  # up to this M the pass streams all layers (memory-bound regime)
 
 
+CLOCK = time.perf_counter  # --clock cpu: time.process_time
+
+
 def best_of(fn: Callable[[], object], reps: int) -> float:
-    """Best wall time of ``reps`` calls after one warm-up call (seconds)."""
+    """Best time of ``reps`` calls after one warm-up call (seconds)."""
     fn()
     best = float("inf")
     for _ in range(reps):
-        t = time.perf_counter()
+        t = CLOCK()
         fn()
-        best = min(best, time.perf_counter() - t)
+        best = min(best, CLOCK() - t)
     return best
 
 
@@ -75,11 +79,21 @@ def model_bytes(dtype: torch.dtype) -> int:
     return (LAYERS * per_layer + VOCAB * HIDDEN) * torch.finfo(dtype).bits // 8
 
 
-def time_pass(lin: Callable, layers: list[torch.Tensor], head: torch.Tensor, m: int, reps: int
+class Packed:
+    """A weight prepared for the kernel once (as quant=none does after loading)."""
+
+    def __init__(self, w: torch.Tensor) -> None:
+        self.wp, self.shape = dense_cpu.pack(w), w.shape
+
+
+def kernel_linear(x: torch.Tensor, w: Packed) -> torch.Tensor:
+    return dense_cpu.packed_linear(x, w.wp, w.shape[0])
+
+
+def time_pass(lin: Callable, layers: list, head: object, m: int, reps: int, dt: torch.dtype
               ) -> float:
     """Seconds for one pass over ``layers`` + ``head`` at M=m, scaled to the full model when
     ``layers`` holds fewer than LAYERS copies."""
-    dt = head.dtype
     xs = {k: torch.randn(m, k, dtype=dt) for k in (HIDDEN, INTER)}
 
     def layer_pass() -> None:
@@ -123,11 +137,18 @@ def main() -> None:
     ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--out", default="bench_linear.json")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="cpu: process CPU time, which leaves out the time other jobs hold the "
+                    "core (meaningful with one thread only)")
     a = ap.parse_args()
+    global CLOCK
+    if a.clock == "cpu":
+        assert a.threads == [1], "--clock cpu sums all threads' time: use it with --threads 1"
+        CLOCK = time.process_time
     assert dense_cpu.load() is not None, "the dense CPU kernel did not build"
-    impls = {"F.linear": F.linear, "kernel": dense_cpu.kernel}
     rows: list[dict] = []
-    weights = {d: make_weights(getattr(torch, d), LAYERS) for d in a.dtypes}
+    plain = {d: make_weights(getattr(torch, d), LAYERS) for d in a.dtypes}
+    packed = {d: ([Packed(w) for w in ls], Packed(h)) for d, (ls, h) in plain.items()}
     for th in a.threads:
         torch.set_num_threads(th)
         bw = read_bandwidth()
@@ -138,16 +159,16 @@ def main() -> None:
               f"{'GFLOP/s':>8} {'%peak':>6} {'tok/s bound':>11}")
         for d in a.dtypes:
             dt = getattr(torch, d)
-            layers, head = weights[d]
             nbytes = model_bytes(dt)
             flops_per_row = 2 * nbytes // (torch.finfo(dt).bits // 8)
             print(f"{d:9} {'':>4} {'roofline':9} {nbytes / bw / 1e6:8.1f} {bw:6.1f} {1:5.0%} "
                   f"{'':>8} {'':>6} {bw * 1e9 / nbytes:11.1f}")
             for m in a.rows:
-                sub = layers if m <= STREAM_MAX_ROWS else layers[: len(LAYER_SHAPES)]
                 reps = a.reps if m <= 64 else 1
-                for name, fn in impls.items():
-                    t = time_pass(fn, sub, head, m, reps)
+                for name, fn, (layers, head) in (("F.linear", F.linear, plain[d]),
+                                                 ("kernel", kernel_linear, packed[d])):
+                    sub = layers if m <= STREAM_MAX_ROWS else layers[: len(LAYER_SHAPES)]
+                    t = time_pass(fn, sub, head, m, reps, dt)
                     gbs, gfl = nbytes / t / 1e9, flops_per_row * m / t / 1e9
                     r = dict(threads=th, dtype=d, rows=m, impl=name, ms=t * 1e3, gbs=gbs,
                              bw_frac=gbs / bw, gflops=gfl, peak_frac=gfl / peak[d],
@@ -160,9 +181,9 @@ def main() -> None:
                          and r["rows"] == 1 and r["impl"] == "kernel"), None)
             layers_only = None
             if fp32 is not None:  # the fp32 kernel over the same layer matrices (no LM head)
-                lay, _ = weights["float32"]
+                lay, _ = packed["float32"]
                 x = {k: torch.randn(1, k) for k in (HIDDEN, INTER)}
-                layers_only = best_of(lambda: [dense_cpu.kernel(x[w.shape[1]], w) for w in lay],
+                layers_only = best_of(lambda: [kernel_linear(x[w.shape[1]], w) for w in lay],
                                       a.reps)
             for kind in ("int8", "int4"):
                 t = quant_pass(kind, a.reps)

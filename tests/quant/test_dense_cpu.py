@@ -1,5 +1,5 @@
-"""The C++ dense (unquantized) CPU linear kernel against F.linear in float64 (fp32 operands) and
-against fp32 math on the same bf16 operands (bf16), plus its wiring into quant=none."""
+"""The C++ dense (unquantized) CPU linear kernel on packed weights against F.linear in float64
+(fp32 and bf16 operands), its packing, and its wiring into quant=none."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from infer.quant.none import NoQuant
 
 mod = dense_cpu.load()
 pytestmark = pytest.mark.skipif(mod is None, reason="CPU dense kernel did not build (no compiler?)")
-# rows: the 4-row groups, their 1-3 row leftovers, several activation chunks (K=1537: 40 rows each)
-ROWS = [1, 2, 3, 4, 5, 7, 16, 33, 100]
-# (N, K): tiles of 6/8 weight rows and 24-row blocks with tails; K tails of the 16 / 32 lanes
-SHAPES = [(13, 40), (24, 576), (50, 577), (7, 1537), (3, 1), (97, 33)]
+# rows: 6-row groups and their 1-5 leftovers; 100 rows at K=1537 span several activation chunks
+ROWS = [1, 2, 3, 4, 5, 6, 7, 16, 33, 100]
+# (N, K): 64-column panels with padded tails (N=13, 97, 130), odd K (bf16 pairs), K=1
+SHAPES = [(13, 40), (64, 576), (130, 577), (7, 1537), (3, 1), (97, 33)]
 
 
 def _ref(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -73,30 +73,46 @@ def test_leading_dims_and_empty() -> None:
     assert dense_cpu.kernel(torch.randn(0, 40), w).shape == (0, 9)
 
 
+def test_pack_and_unpack_rows_round_trip() -> None:
+    """The packed matrix is the only copy of a tied embedding: its rows must come back exact."""
+    for dt, k in ((torch.float32, 576), (torch.bfloat16, 577)):
+        w = torch.randn(130, k).to(dt)
+        wp = dense_cpu.pack(w)
+        ids = torch.tensor([0, 5, 63, 64, 127, 128, 129, 5])
+        assert torch.equal(dense_cpu.unpack_rows(wp, ids, k), w[ids])
+
+
 def test_bad_input_names_the_problem() -> None:
+    wp = dense_cpu.pack(torch.randn(3, 8))
     with pytest.raises(RuntimeError, match="float32 or bfloat16"):
-        mod.dense_linear(torch.randn(2, 8), torch.randn(3, 8).bfloat16(), torch.empty(0))
-    with pytest.raises(RuntimeError, match="K=8"):
-        mod.dense_linear(torch.randn(2, 8), torch.randn(3, 9), torch.empty(0))
+        mod.packed_linear(torch.randn(2, 8).bfloat16(), wp, 3, torch.empty(0))
+    with pytest.raises(RuntimeError, match="N=3, K=9"):
+        mod.packed_linear(torch.randn(2, 9), wp, 3, torch.empty(0))
     with pytest.raises(RuntimeError, match="bias"):
-        mod.dense_linear(torch.randn(2, 8), torch.randn(3, 8), torch.randn(4))
+        mod.packed_linear(torch.randn(2, 8), wp, 3, torch.randn(4))
 
 
-def test_dispatch_follows_dtype_and_device() -> None:
-    w = torch.randn(4, 8)
-    assert dense_cpu.usable(torch.randn(1, 8), w)
-    assert not dense_cpu.usable(torch.randn(1, 8).double(), w.double())
-    assert not dense_cpu.usable(torch.randn(1, 8).bfloat16(), w)  # mixed dtypes: F.linear
+def test_usable_follows_dtype_and_device() -> None:
+    assert dense_cpu.usable(torch.randn(4, 8))
+    assert dense_cpu.usable(torch.randn(4, 8).bfloat16())
+    assert not dense_cpu.usable(torch.randn(4, 8).double())
+    assert not dense_cpu.usable(torch.randn(4, 8).half())
 
 
 @pytest.mark.parametrize("cpu_kernel", [True, False])
-def test_noquant_apply_uses_the_knob(cpu_kernel: bool) -> None:
-    """quant=none runs the kernel when cpu_kernel is on, and F.linear itself when off."""
+def test_noquant_packs_when_the_knob_is_on(cpu_kernel: bool) -> None:
+    """quant=none packs (one copy, no [N, K] weight left) and runs the kernel when cpu_kernel is
+    on; off, it keeps ``weight`` and F.linear itself."""
     layer = torch.nn.Module()
     q = NoQuant(cpu_kernel=cpu_kernel)
     q.create_weights(layer, 576, 100, torch.float32)
-    layer.weight.data.copy_(torch.randn(100, 576))
+    w = torch.randn(100, 576)
+    layer.weight.data.copy_(w)
     q.process_weights_after_loading(layer)
     x, b = torch.randn(3, 576), torch.randn(100)
-    want = dense_cpu.kernel(x, layer.weight, b) if cpu_kernel else F.linear(x, layer.weight, b)
-    assert torch.equal(q.apply(layer, x, b), want)
+    if cpu_kernel:
+        assert "weight" not in layer._parameters
+        assert torch.equal(q.apply(layer, x, b), dense_cpu.kernel(x, w, b))
+    else:
+        assert "weight_packed" not in layer._parameters
+        assert torch.equal(q.apply(layer, x, b), F.linear(x, w, b))

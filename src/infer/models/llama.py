@@ -145,8 +145,10 @@ class LlamaForCausalLM(nn.Module):
                                      device="meta").to_empty(device=torch.get_default_device())
             self.lm_head.weight.requires_grad_(False)
         self.max_positions = max_positions
-        # LM head through the C++ dense kernel on CPU unless the quant method turns it off
+        # LM head through the C++ dense kernel on CPU unless the quant method turns it off;
+        # ``head_packed`` is set by process_weights_after_loading
         self.cpu_kernel = bool(getattr(quant, "cpu_kernel", True))
+        self.register_parameter("head_packed", None)
         # cos/sin filled by init_rope() once the weights are loaded
         self.register_buffer("cos_sin", torch.empty(max_positions, args.head_dim), persistent=False)
 
@@ -155,13 +157,16 @@ class LlamaForCausalLM(nn.Module):
         a = self.args
         self.cos_sin = rope_cos_sin_cache(
             a.head_dim, self.max_positions, a.rope_theta, a.rope_scaling
-        ).to(self.embed_tokens.weight.device)
+        ).to(self.norm.weight.device)
 
     def forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext
     ) -> torch.Tensor:
         """input_ids, positions: int64 [T] -> hidden [T, hidden] (model dtype)."""
-        x = self.embed_tokens(input_ids)
+        if self.embed_tokens is None:  # tied and packed: the lookup reads the LM head's panels
+            x = dense_cpu.unpack_rows(self.head_packed, input_ids, self.args.hidden_size)
+        else:
+            x = self.embed_tokens(input_ids)
         rope = self.ops.rope_factors(positions, self.cos_sin, x.dtype)
         residual = None
         for layer in self.layers:
@@ -171,10 +176,23 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, hidden] -> fp32 logits [N, vocab]."""
+        if self.head_packed is not None:
+            return dense_cpu.packed_linear(hidden, self.head_packed, self.args.vocab_size).float()
         w = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        if self.cpu_kernel:  # the tied matrix as it is: no second copy for the LM head
-            return dense_cpu.linear(hidden, w).float()
         return F.linear(hidden, w).float()
+
+    def process_weights_after_loading(self) -> None:
+        """Pack the LM head for the CPU dense kernel (``cpu_kernel`` on, CPU, fp32/bf16). Tied
+        embeddings keep one copy: the packed matrix, from which the token lookup gathers rows."""
+        tied = self.lm_head is None
+        w = self.embed_tokens.weight if tied else self.lm_head.weight
+        if not (self.cpu_kernel and dense_cpu.usable(w)):
+            return
+        self.head_packed = nn.Parameter(dense_cpu.pack(w.data), requires_grad=False)
+        if tied:
+            self.embed_tokens = None  # type: ignore[assignment]
+        else:
+            self.lm_head = None  # type: ignore[assignment]
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Copy checkpoint tensors (HF names) into parameters, one at a time.

@@ -86,6 +86,7 @@ def load_model(
     for m in model.modules():
         if isinstance(m, Linear):
             m.quant.process_weights_after_loading(m)
+    model.process_weights_after_loading()  # the LM head (not a quantized Linear)
     return model.eval()
 
 

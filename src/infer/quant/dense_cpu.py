@@ -1,14 +1,13 @@
-"""Fast unquantized linear on CPU (csrc/dense_linear_cpu.cpp): ``x @ w.T + bias`` for fp32 and
-bf16 with the weight in its checkpoint layout (row-major [N, K], nothing repacked).
+"""Fast unquantized linear on CPU (csrc/dense_linear_cpu.cpp): ``x @ W.T + bias`` for fp32 and
+bf16 on weights packed once into 64-column k-major panels (``pack``), so decode streams each
+matrix as one sequential read and prefill runs a register-blocked GEMM without reductions.
 
 Built once with the system C++ compiler through torch.utils.cpp_extension and cached under
 $INFER_CACHE_DIR/torch_extensions (the name carries a hash of the source and of the CPU's
 flags, since it is compiled with -march=native). If the build fails (no compiler) or
-INFER_DISABLE_CPU_KERNEL is set, ``usable`` is False and callers use ``F.linear``.
+INFER_DISABLE_CPU_KERNEL is set, ``usable`` is False and callers keep F.linear on [N, K].
 
-Where it stands against ``F.linear`` (scripts/bench_linear.py): it streams the weights at close
-to the memory read bandwidth for a few activation rows (decode), where the BLAS GEMV reaches
-about half; for many rows (prefill) both are compute-bound and the BLAS GEMM is used.
+Numbers against F.linear and the memory / compute rooflines: scripts/bench_linear.py.
 """
 
 from __future__ import annotations
@@ -21,16 +20,13 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
-import torch.nn.functional as F
 
 from infer.models.sources import default_cache_dir
 from infer.quant.cpu_kernel import _cpu_tag
 
 _SRC = Path(__file__).parent / "csrc" / "dense_linear_cpu.cpp"
 DTYPES = (torch.float32, torch.bfloat16)
-# activation rows above which F.linear (the BLAS GEMM) takes over; set from
-# scripts/bench_linear.py on the 2-core EPYC machines (see ``linear``)
-MAX_ROWS = {torch.float32: 32, torch.bfloat16: 1 << 30}
+PANEL = 64  # output columns per packed panel (the kernel's kPanel)
 _EMPTY = {dt: torch.empty(0, dtype=dt) for dt in DTYPES}
 
 
@@ -59,36 +55,53 @@ def load() -> ModuleType | None:
         return None
 
 
-def usable(x: torch.Tensor, w: torch.Tensor) -> bool:
-    """Whether ``kernel`` can take ``x`` and ``w``: both on CPU, one dtype (fp32 or bf16),
-    and the extension built."""
-    return (
-        x.device.type == "cpu"
-        and w.device.type == "cpu"
-        and x.dtype == w.dtype
-        and x.dtype in DTYPES
-        and w.dim() == 2
-        and load() is not None
-    )
+def usable(w: torch.Tensor) -> bool:
+    """Whether weight ``w`` [N, K] can be packed for the kernel: on CPU, fp32 or bf16, and the
+    extension built."""
+    return w.device.type == "cpu" and w.dtype in DTYPES and w.dim() == 2 and load() is not None
+
+
+def pack(w: torch.Tensor) -> torch.Tensor:
+    """W [N, K] -> the kernel's panels (a new contiguous tensor; N padded to 64 with zeros).
+
+    fp32: [ceil(N/64), K, 64], element [p, k, j] = W[64p + j, k].
+    bf16: [ceil(N/64), ceil(K/2), 64, 2], element [p, i, j, t] = W[64p + j, 2i + t] (K padded
+    to even with zeros).
+    """
+    n, k = w.shape
+    np_ = -(-n // PANEL)
+    kp = k if w.dtype == torch.float32 else k + (k & 1)
+    padded = torch.zeros(np_ * PANEL, kp, dtype=w.dtype, device=w.device)
+    padded[:n, :k] = w
+    if w.dtype == torch.float32:
+        return padded.view(np_, PANEL, kp).transpose(1, 2).contiguous()
+    return padded.view(np_, PANEL, kp // 2, 2).permute(0, 2, 1, 3).contiguous()
+
+
+def unpack_rows(wp: torch.Tensor, rows: torch.Tensor, k: int) -> torch.Tensor:
+    """Rows ``rows`` (int64 [T]) of the W [N, K] that ``wp = pack(W)`` holds -> [T, K] in W's
+    dtype: the token lookup of a tied embedding whose only copy is the packed LM head."""
+    p, j = rows // PANEL, rows % PANEL
+    if wp.dim() == 3:  # fp32 [Np, K, 64]: advanced indices around a slice land first -> [T, K]
+        return wp[p, :, j]
+    return wp[p, :, j, :].reshape(rows.shape[0], -1)[:, :k]  # bf16 [T, K2, 2] -> [T, K]
+
+
+def packed_linear(
+    x: torch.Tensor, wp: torch.Tensor, n: int, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``x @ W.T + bias`` with ``wp = pack(W)``, W [n, K].
+
+    x: [..., K] in W's dtype (fp32 | bf16); bias: [n] or None -> [..., n] in that dtype.
+    Uses every thread torch is set to (``torch.set_num_threads``).
+    """
+    mod = load()
+    assert mod is not None, "dense_cpu.packed_linear called without the extension"
+    x2 = x.reshape(-1, x.shape[-1]).contiguous()
+    b = bias.contiguous() if bias is not None else _EMPTY[x.dtype]
+    return mod.packed_linear(x2, wp, n, b).view(*x.shape[:-1], n)
 
 
 def kernel(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """The C++ kernel alone, any number of rows (tests and benchmarks; needs ``usable``).
-
-    x: [..., K], w: [N, K], bias: [N] or None, one dtype (fp32 | bf16) -> [..., N] in it.
-    """
-    mod = load()
-    assert mod is not None, "dense_cpu.kernel called without the extension"
-    x2 = x.reshape(-1, x.shape[-1]).contiguous()
-    b = bias.contiguous() if bias is not None else _EMPTY[x.dtype]
-    out = mod.dense_linear(x2, w.contiguous(), b)
-    return out.view(*x.shape[:-1], w.shape[0])
-
-
-def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear(x, w, bias)``, through the kernel where it is faster (CPU, fp32/bf16, up to
-    ``MAX_ROWS[dtype]`` rows), else F.linear itself. Shapes as ``kernel``."""
-    rows = x.numel() // max(x.shape[-1], 1)
-    if usable(x, w) and rows <= MAX_ROWS[x.dtype]:
-        return kernel(x, w, bias)
-    return F.linear(x, w, bias)
+    """Pack ``w`` [N, K] and run the kernel (tests and benchmarks; shapes as ``packed_linear``)."""
+    return packed_linear(x, pack(w), w.shape[0], bias)

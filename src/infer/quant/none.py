@@ -1,8 +1,10 @@
 """``quant=none``: plain floating-point weights.
 
-On CPU with fp32 / bf16 weights ``apply`` runs the C++ dense kernel (``dense_cpu.linear``: the
-weights streamed at close to the memory read bandwidth in decode, every intra-op thread used);
-``cpu_kernel=False`` (configs/quant/none.yaml) keeps plain ``F.linear``, the oracle path.
+On CPU with fp32 / bf16 weights (and ``cpu_kernel=True``, configs/quant/none.yaml) the weight
+is packed after loading into the C++ dense kernel's panels (``dense_cpu.pack``; the [N, K]
+``weight`` is replaced by ``weight_packed``, one copy) and ``apply`` runs that kernel: decode
+streams the weights at about the memory read bandwidth, on every intra-op thread.
+``cpu_kernel=False`` keeps ``weight`` and plain ``F.linear``, the oracle path.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from infer.quant import dense_cpu
-from infer.quant.base import QuantMethodBase, set_dims
+from infer.quant.base import QuantMethodBase, replace_param, set_dims
 
 
 class NoQuant(QuantMethodBase):
-    """Unquantized linear: ``F.linear`` on the model dtype. Also the full-precision stage of
-    the methods that quantize after loading (they register the same ``weight``)."""
+    """Unquantized linear: the CPU dense kernel on packed weights, else ``F.linear`` on the
+    model dtype. Also the full-precision stage of the methods that quantize after loading
+    (they register the same ``weight`` through ``create_weights``)."""
 
     name = "none"
 
@@ -32,9 +35,19 @@ class NoQuant(QuantMethodBase):
         layer.register_parameter("weight", set_dims(weight, 0, 1))
 
     def process_weights_after_loading(self, layer: nn.Module) -> None:
-        return None
+        """Pack ``weight`` [N, K] into ``weight_packed`` (kernel layout) when the kernel applies."""
+        w = layer.weight
+        if not (self.cpu_kernel and dense_cpu.usable(w)):
+            return
+        packed = dense_cpu.pack(w.data)
+        del layer._parameters["weight"]  # one copy of the matrix: the packed one
+        # dim 0: panels of PANEL outputs; dim 1: K (bf16: pairs of k)
+        pairs = {"input_pack": 2} if w.dtype == torch.bfloat16 else {}
+        replace_param(layer, "weight_packed", packed, 0, 1, output_pack=dense_cpu.PANEL,
+                      rows=w.shape[0], **pairs)
 
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        if self.cpu_kernel:
-            return dense_cpu.linear(x, layer.weight, bias)
+        wp = layer._parameters.get("weight_packed")
+        if wp is not None:
+            return dense_cpu.packed_linear(x, wp, wp.rows, bias)  # type: ignore[attr-defined]
         return F.linear(x, layer.weight, bias)

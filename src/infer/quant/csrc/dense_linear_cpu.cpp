@@ -1,175 +1,222 @@
-// Unquantized linear layers for CPU: y = x @ W.T (+ bias), fp32 or bf16, W row-major [N, K].
+// Unquantized linear layers for CPU on prepacked weights: y = x @ W.T (+ bias), fp32 or bf16.
 //
 // Why a kernel: single-stream decode sweeps every weight matrix with a handful of activation
-// rows, so its speed is weight bytes / memory read bandwidth. The BLAS GEMV path streams
-// SmolLM2's short (K = 576) rows at about half the bandwidth one core can read, and its bf16
-// path is slower than fp32 on this CPU. Here each thread streams a contiguous band of weight
-// rows once per call and reuses every loaded weight vector for up to kMaxRows activation rows.
+// rows, so its speed is weight bytes / memory read bandwidth. The BLAS GEMV reads a row-major
+// [N, K] matrix as many short row streams (SmolLM2's rows are 576 floats) and reaches about
+// half of what one core can read; its bf16 path is slower than fp32 on this CPU. Here each
+// matrix is packed once into panels of 64 output columns laid out k-major, so a thread's share
+// of the weights is ONE sequential stream (the hardware prefetcher's best case), every loaded
+// weight vector serves up to kMR activation rows, and no horizontal reductions are needed.
 //
-// Layout: the checkpoint's own row-major [N, K] is already the packed layout this kernel wants
-// (a tile of TILE consecutive rows is one contiguous stretch of memory; bf16 pairs (k, k+1) of
-// a row are adjacent, which is what the bf16 dot-product instruction consumes), so nothing is
-// repacked and the tied embedding matrix serves the token lookup and the LM head unchanged.
+// Packed layouts (pack() in dense_cpu.py builds them; Np = ceil(N / 64), zero padded):
+//   fp32: wp [Np, K, 64]           wp[p, k, j]    = W[64p + j, k]
+//   bf16: wp [Np, ceil(K/2), 64, 2] wp[p, i, j, t] = W[64p + j, 2i + t]   (pairs of k adjacent:
+//         the bf16 dot-product instruction multiplies such pairs and adds both into one fp32
+//         lane; an odd K is padded with a zero column)
+// Contracts (checked): x [M, K] contiguous in wp's dtype; bias [N] in that dtype or empty;
+// out [M, N] in that dtype. Accumulation is fp32; bf16 output is the fp32 sum (plus bias)
+// rounded to nearest even.
 //
-// Blocking: output rows in blocks of kRowBlock across torch's intra-op threads (each thread a
-// contiguous band, so one sequential stream per core); inside a block, activation rows in
-// groups of 4 (MR) against TILE = 6 weight rows (24 accumulators), leftovers 1-3 rows against
-// TILE = 8. Activations are split into chunks of ~256 KB (they stay in L2 while a chunk's pass
-// over the weights runs), so very long prefills re-read the weights once per chunk.
-//
-// Contracts (checked): x [M, K] contiguous, w [N, K] contiguous, same dtype (fp32 or bf16);
-// bias [N] of that dtype or empty; out [M, N] of that dtype. Accumulation is fp32; bf16 output
-// is the fp32 sum (plus bias) rounded to nearest even.
+// Work split: panels across torch's intra-op threads (each thread a contiguous band: one
+// stream per core); inside a panel, activation rows in groups of kMR = 6 (6 x 4 accumulator
+// registers: the FMA unit, not the loads, is the limit for large M). Activations are taken in
+// chunks of ~192 KB so a chunk and the current panel stay in L2 while the chunk's row groups
+// meet the panel; each chunk re-reads the weights once.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 
 #include <immintrin.h>
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 
 namespace {
 
-constexpr int64_t kRowBlock = 24;         // weight rows per work item (lcm of the two TILEs)
-constexpr int64_t kChunkFloats = 1 << 16; // activation floats per chunk (256 KB of fp32)
+constexpr int64_t kPanel = 64;            // output columns per packed panel
+constexpr int kMR = 6;                    // activation rows per register tile
+constexpr int64_t kChunkElems = 48 << 10; // activation elements per chunk (192 KB of fp32)
 
 using bf16 = c10::BFloat16;
 
-#if defined(__AVX512F__)
-inline __mmask16 tail16(int64_t left) { return (__mmask16)((1u << left) - 1); }
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+#define INFER_DENSE_SIMD 1
 #endif
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512BF16__)
+#if defined(INFER_DENSE_SIMD) && defined(__AVX512BF16__)
 #define INFER_DENSE_BF16_SIMD 1
-inline __mmask32 tail32(int64_t left) { return (__mmask32)((1ull << left) - 1); }
 #endif
 
-// One MR x TILE tile: acc[m][r] = dot(x row m, w row r) over all K, written to sums[m][r].
-template <int MR, int TILE>
-inline void tile_f32(const float* x, const float* w, int64_t K, float sums[MR][TILE]) {
-#if defined(__AVX512F__)
-  __m512 acc[MR][TILE];
-  for (int m = 0; m < MR; ++m)
-    for (int r = 0; r < TILE; ++r) acc[m][r] = _mm512_setzero_ps();
-  int64_t k = 0;
-  for (; k + 16 <= K; k += 16) {
-    __m512 xv[MR];
-    for (int m = 0; m < MR; ++m) xv[m] = _mm512_loadu_ps(x + m * K + k);
-    for (int r = 0; r < TILE; ++r) {
-      const __m512 wv = _mm512_loadu_ps(w + r * K + k);
-      for (int m = 0; m < MR; ++m) acc[m][r] = _mm512_fmadd_ps(wv, xv[m], acc[m][r]);
-    }
-  }
-  if (k < K) {
-    const __mmask16 mask = tail16(K - k);
-    __m512 xv[MR];
-    for (int m = 0; m < MR; ++m) xv[m] = _mm512_maskz_loadu_ps(mask, x + m * K + k);
-    for (int r = 0; r < TILE; ++r) {
-      const __m512 wv = _mm512_maskz_loadu_ps(mask, w + r * K + k);
-      for (int m = 0; m < MR; ++m) acc[m][r] = _mm512_fmadd_ps(wv, xv[m], acc[m][r]);
-    }
-  }
-  for (int m = 0; m < MR; ++m)
-    for (int r = 0; r < TILE; ++r) sums[m][r] = _mm512_reduce_add_ps(acc[m][r]);
-#else
-  for (int m = 0; m < MR; ++m)
-    for (int r = 0; r < TILE; ++r) {
-      float s = 0.f;
-      for (int64_t k = 0; k < K; ++k) s += x[m * K + k] * w[r * K + k];
-      sums[m][r] = s;
-    }
-#endif
-}
-
-// bf16 operands: each instruction multiplies 16 pairs (k, k+1) and adds both products into one
-// fp32 lane, so a 32-wide K step needs no unpacking; the masked tail zero-fills odd K.
-template <int MR, int TILE>
-inline void tile_bf16(const bf16* x, const bf16* w, int64_t K, float sums[MR][TILE]) {
-#if defined(INFER_DENSE_BF16_SIMD)
-  __m512 acc[MR][TILE];
-  for (int m = 0; m < MR; ++m)
-    for (int r = 0; r < TILE; ++r) acc[m][r] = _mm512_setzero_ps();
-  int64_t k = 0;
-  for (; k + 32 <= K; k += 32) {
-    __m512bh xv[MR];
-    for (int m = 0; m < MR; ++m) xv[m] = (__m512bh)_mm512_loadu_si512(x + m * K + k);
-    for (int r = 0; r < TILE; ++r) {
-      const __m512bh wv = (__m512bh)_mm512_loadu_si512(w + r * K + k);
-      for (int m = 0; m < MR; ++m) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], wv, xv[m]);
-    }
-  }
-  if (k < K) {
-    const __mmask32 mask = tail32(K - k);
-    __m512bh xv[MR];
-    for (int m = 0; m < MR; ++m) xv[m] = (__m512bh)_mm512_maskz_loadu_epi16(mask, x + m * K + k);
-    for (int r = 0; r < TILE; ++r) {
-      const __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(mask, w + r * K + k);
-      for (int m = 0; m < MR; ++m) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], wv, xv[m]);
-    }
-  }
-  for (int m = 0; m < MR; ++m)
-    for (int r = 0; r < TILE; ++r) sums[m][r] = _mm512_reduce_add_ps(acc[m][r]);
-#else
-  for (int m = 0; m < MR; ++m)
-    for (int r = 0; r < TILE; ++r) {
-      float s = 0.f;
-      for (int64_t k = 0; k < K; ++k) s += float(x[m * K + k]) * float(w[r * K + k]);
-      sums[m][r] = s;
-    }
-#endif
-}
-
-template <typename T, int MR, int TILE>
-inline void tile(const T* x, const T* w, int64_t K, float sums[MR][TILE]) {
-  if constexpr (std::is_same_v<T, float>)
-    tile_f32<MR, TILE>(x, w, K, sums);
-  else
-    tile_bf16<MR, TILE>(x, w, K, sums);
-}
-
-// MR activation rows against weight rows [n0, n0 + nb): full TILEs, then single rows.
-template <typename T, int MR, int TILE>
-void rows_block(const T* x, const T* w, const T* bias, T* out, int64_t K, int64_t N, int64_t n0,
-                int64_t nb) {
-  float sums[MR][TILE];
-  int64_t n = n0;
-  for (; n + TILE <= n0 + nb; n += TILE) {
-    tile<T, MR, TILE>(x, w + n * K, K, sums);
-    for (int m = 0; m < MR; ++m)
-      for (int r = 0; r < TILE; ++r)
-        out[m * N + n + r] = T(sums[m][r] + (bias ? float(bias[n + r]) : 0.f));
-  }
-  for (; n < n0 + nb; ++n) {
-    float one[MR][1];
-    tile<T, MR, 1>(x, w + n * K, K, one);
-    for (int m = 0; m < MR; ++m) out[m * N + n] = T(one[m][0] + (bias ? float(bias[n]) : 0.f));
-  }
-}
-
+// Write one row's 64 panel sums (+ bias) to out[n0 .. n0 + nv).
 template <typename T>
-void block(const T* x, const T* w, const T* bias, T* out, int64_t mc, int64_t K, int64_t N,
-           int64_t n0, int64_t nb) {
+inline void store_row(const float* sums, const T* bias, T* out, int64_t n0, int64_t nv) {
+  for (int64_t j = 0; j < nv; ++j) out[j] = T(sums[j] + (bias ? float(bias[n0 + j]) : 0.f));
+}
+
+#if defined(INFER_DENSE_SIMD)
+inline __mmask16 lane_mask(int64_t nv, int j) {
+  const int64_t left = std::clamp<int64_t>(nv - 16 * j, 0, 16);
+  return (__mmask16)((1u << left) - 1);
+}
+
+inline void store_vec(__m512 v, const float* bias, float* out, int64_t n0, int64_t nv, int j) {
+  const __mmask16 m = lane_mask(nv, j);
+  if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, bias + n0 + 16 * j));
+  _mm512_mask_storeu_ps(out + 16 * j, m, v);
+}
+
+inline void store_vec(__m512 v, const bf16* bias, bf16* out, int64_t n0, int64_t nv, int j) {
+  const __mmask16 m = lane_mask(nv, j);
+  if (bias) {  // bf16 -> fp32 is a 16-bit left shift
+    const __m256i b = _mm256_maskz_loadu_epi16(m, bias + n0 + 16 * j);
+    v = _mm512_add_ps(v, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16)));
+  }
+#if defined(__AVX512BF16__)
+  // round to nearest even, as c10::BFloat16(float) does for every finite value
+  _mm256_mask_storeu_epi16(out + 16 * j, m, (__m256i)_mm512_cvtneps_pbh(v));
+#else
+  float tmp[16];
+  _mm512_storeu_ps(tmp, v);
+  for (int i = 0; i < 16; ++i)
+    if (m >> i & 1) out[16 * j + i] = bf16(tmp[i]);
+#endif
+}
+
+inline __m512 bcast(const float* v) { return _mm512_set1_ps(*v); }
+
+// MR rows of x against one fp32 panel [K, 64].
+template <int MR>
+inline void panel_f32(const float* x, const float* p, int64_t K, const float* bias, float* out,
+                      int64_t N, int64_t n0, int64_t nv) {
+  __m512 acc[MR][4];
+  for (int m = 0; m < MR; ++m)
+    for (int j = 0; j < 4; ++j) acc[m][j] = _mm512_setzero_ps();
+  int64_t k = 0;
+  if constexpr (MR == 1) {
+    // one row gives only four FMA chains: a second set for odd k hides the FMA latency
+    __m512 o0 = _mm512_setzero_ps(), o1 = o0, o2 = o0, o3 = o0;
+    for (; k + 2 <= K; k += 2) {
+      const float* w = p + k * kPanel;
+      const __m512 xe = bcast(x + k), xo = bcast(x + k + 1);
+      acc[0][0] = _mm512_fmadd_ps(_mm512_loadu_ps(w), xe, acc[0][0]);
+      acc[0][1] = _mm512_fmadd_ps(_mm512_loadu_ps(w + 16), xe, acc[0][1]);
+      acc[0][2] = _mm512_fmadd_ps(_mm512_loadu_ps(w + 32), xe, acc[0][2]);
+      acc[0][3] = _mm512_fmadd_ps(_mm512_loadu_ps(w + 48), xe, acc[0][3]);
+      o0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 64), xo, o0);
+      o1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 80), xo, o1);
+      o2 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 96), xo, o2);
+      o3 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 112), xo, o3);
+    }
+    acc[0][0] = _mm512_add_ps(acc[0][0], o0);
+    acc[0][1] = _mm512_add_ps(acc[0][1], o1);
+    acc[0][2] = _mm512_add_ps(acc[0][2], o2);
+    acc[0][3] = _mm512_add_ps(acc[0][3], o3);
+  }
+  for (; k < K; ++k) {
+    const float* w = p + k * kPanel;
+    __m512 wv[4];
+    for (int j = 0; j < 4; ++j) wv[j] = _mm512_loadu_ps(w + 16 * j);
+    for (int m = 0; m < MR; ++m) {
+      const __m512 xb = bcast(x + m * K + k);
+      for (int j = 0; j < 4; ++j) acc[m][j] = _mm512_fmadd_ps(wv[j], xb, acc[m][j]);
+    }
+  }
+  for (int m = 0; m < MR; ++m)
+    for (int j = 0; j < 4; ++j) store_vec(acc[m][j], bias, out + m * N, n0, nv, j);
+}
+#else
+template <int MR>
+inline void panel_f32(const float* x, const float* p, int64_t K, const float* bias, float* out,
+                      int64_t N, int64_t n0, int64_t nv) {
+  for (int m = 0; m < MR; ++m) {
+    float sums[kPanel] = {0.f};
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t j = 0; j < kPanel; ++j) sums[j] += x[m * K + k] * p[k * kPanel + j];
+    store_row<float>(sums, bias, out + m * N, n0, nv);
+  }
+}
+#endif
+
+#if defined(INFER_DENSE_BF16_SIMD)
+// MR rows of x against one bf16 panel [ceil(K/2), 64, 2].
+template <int MR>
+inline void panel_bf16(const bf16* x, const bf16* p, int64_t K, const bf16* bias, bf16* out,
+                       int64_t N, int64_t n0, int64_t nv) {
+  __m512 acc[MR][4];
+  for (int m = 0; m < MR; ++m)
+    for (int j = 0; j < 4; ++j) acc[m][j] = _mm512_setzero_ps();
+  // one k pair: the pair (x[2i], x[2i+1]) is broadcast as one 32-bit lane; bytes = 2 for an
+  // odd K's last pair, which then reads (x[K-1], 0) and never the next row
+  auto step = [&](int64_t i, int bytes) {
+    const bf16* w = p + i * 2 * kPanel;
+    __m512bh wv[4];
+    for (int j = 0; j < 4; ++j) wv[j] = (__m512bh)_mm512_loadu_si512(w + 32 * j);
+    for (int m = 0; m < MR; ++m) {
+      uint32_t pair = 0;
+      std::memcpy(&pair, x + m * K + 2 * i, bytes);
+      const __m512bh xb = (__m512bh)_mm512_set1_epi32((int)pair);
+      for (int j = 0; j < 4; ++j) acc[m][j] = _mm512_dpbf16_ps(acc[m][j], wv[j], xb);
+    }
+  };
+  for (int64_t i = 0; i < K / 2; ++i) step(i, 4);
+  if (K & 1) step(K / 2, 2);
+  for (int m = 0; m < MR; ++m)
+    for (int j = 0; j < 4; ++j) store_vec(acc[m][j], bias, out + m * N, n0, nv, j);
+}
+#else
+template <int MR>
+inline void panel_bf16(const bf16* x, const bf16* p, int64_t K, const bf16* bias, bf16* out,
+                       int64_t N, int64_t n0, int64_t nv) {
+  for (int m = 0; m < MR; ++m) {
+    float sums[kPanel] = {0.f};
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t j = 0; j < kPanel; ++j)
+        sums[j] += float(x[m * K + k]) * float(p[(k / 2) * 2 * kPanel + 2 * j + (k & 1)]);
+    store_row<bf16>(sums, bias, out + m * N, n0, nv);
+  }
+}
+#endif
+
+template <typename T, int MR>
+inline void panel(const T* x, const T* p, int64_t K, const T* bias, T* out, int64_t N, int64_t n0,
+                  int64_t nv) {
+  if constexpr (std::is_same_v<T, float>)
+    panel_f32<MR>(x, p, K, bias, out, N, n0, nv);
+  else
+    panel_bf16<MR>(x, p, K, bias, out, N, n0, nv);
+}
+
+// All mc rows of x (groups of kMR, then the 1..5 leftover) against panel p. Kept out of line:
+// inlined into the parallel_for body, GCC stored every fp32 accumulator to memory each step.
+template <typename T>
+__attribute__((noinline)) void rows_panel(const T* x, const T* p, int64_t mc, int64_t K, const T* bias, T* out, int64_t N,
+                int64_t n0, int64_t nv) {
   int64_t m = 0;
-  for (; m + 4 <= mc; m += 4) rows_block<T, 4, 6>(x + m * K, w, bias, out + m * N, K, N, n0, nb);
+  for (; m + kMR <= mc; m += kMR) panel<T, kMR>(x + m * K, p, K, bias, out + m * N, N, n0, nv);
+  const T* xm = x + m * K;
+  T* om = out + m * N;
   switch (mc - m) {
-    case 1: rows_block<T, 1, 8>(x + m * K, w, bias, out + m * N, K, N, n0, nb); break;
-    case 2: rows_block<T, 2, 8>(x + m * K, w, bias, out + m * N, K, N, n0, nb); break;
-    case 3: rows_block<T, 3, 8>(x + m * K, w, bias, out + m * N, K, N, n0, nb); break;
+    case 1: panel<T, 1>(xm, p, K, bias, om, N, n0, nv); break;
+    case 2: panel<T, 2>(xm, p, K, bias, om, N, n0, nv); break;
+    case 3: panel<T, 3>(xm, p, K, bias, om, N, n0, nv); break;
+    case 4: panel<T, 4>(xm, p, K, bias, om, N, n0, nv); break;
+    case 5: panel<T, 5>(xm, p, K, bias, om, N, n0, nv); break;
     default: break;
   }
 }
 
 template <typename T>
-void run(const T* x, const T* w, const T* bias, T* out, int64_t M, int64_t K, int64_t N) {
-  const int64_t blocks = (N + kRowBlock - 1) / kRowBlock;
-  const int64_t chunk = std::max<int64_t>(4, (kChunkFloats / std::max<int64_t>(K, 1)) / 4 * 4);
+void run(const T* x, const T* wp, const T* bias, T* out, int64_t M, int64_t K, int64_t N) {
+  const int64_t panels = (N + kPanel - 1) / kPanel;
+  const int64_t panel_elems = (std::is_same_v<T, float> ? K : 2 * ((K + 1) / 2)) * kPanel;
+  const int64_t chunk = std::max<int64_t>(kMR, kChunkElems / std::max<int64_t>(K, 1) / kMR * kMR);
   for (int64_t m0 = 0; m0 < M; m0 += chunk) {
     const int64_t mc = std::min(chunk, M - m0);
-    // grain 1: every thread gets one contiguous band of blocks (one sequential weight stream)
-    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-      // block by block: a block's rows stay in L1/L2 while every activation group meets them
-      for (int64_t b = b0; b < b1; ++b) {
-        const int64_t n0 = b * kRowBlock;
-        block<T>(x + m0 * K, w, bias, out + m0 * N, mc, K, N, n0, std::min(kRowBlock, N - n0));
+    // grain 1: at::parallel_for hands each thread one contiguous band of panels
+    at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t n0 = p * kPanel;
+        rows_panel<T>(x + m0 * K, wp + p * panel_elems, mc, K, bias, out + m0 * N + n0, N, n0,
+                      std::min(kPanel, N - n0));
       }
     });
   }
@@ -177,24 +224,31 @@ void run(const T* x, const T* w, const T* bias, T* out, int64_t M, int64_t K, in
 
 }  // namespace
 
-torch::Tensor dense_linear(torch::Tensor x, torch::Tensor w, torch::Tensor bias) {
-  TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.is_contiguous() && w.is_contiguous(),
-              "dense_linear: x [M, K] and w [N, K] must be contiguous 2-D tensors");
-  TORCH_CHECK(x.scalar_type() == w.scalar_type() &&
+// x [M, K] @ W.T (+ bias) with W [n, K] given packed (layouts above).
+torch::Tensor packed_linear(torch::Tensor x, torch::Tensor wp, int64_t n, torch::Tensor bias) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && wp.is_contiguous(),
+              "packed_linear: x must be a contiguous [M, K] tensor and wp contiguous");
+  TORCH_CHECK(x.scalar_type() == wp.scalar_type() &&
                   (x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kBFloat16),
-              "dense_linear: x and w must share one dtype, float32 or bfloat16");
-  TORCH_CHECK(x.size(1) == w.size(1), "dense_linear: x has K=", x.size(1), ", w has K=", w.size(1));
-  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+              "packed_linear: x and the packed weight must share one dtype, float32 or bfloat16 "
+              "(got ", x.scalar_type(), " and ", wp.scalar_type(), ")");
+  const int64_t M = x.size(0), K = x.size(1), N = n;
+  const bool f32 = x.scalar_type() == torch::kFloat32;
+  const int64_t panels = (N + kPanel - 1) / kPanel;
+  const int64_t kp = f32 ? K : 2 * ((K + 1) / 2);
+  TORCH_CHECK(N >= 0 && wp.numel() == panels * kp * kPanel,
+              "packed_linear: packed weight has ", wp.numel(), " elements, expected ",
+              panels * kp * kPanel, " for N=", N, ", K=", K);
   TORCH_CHECK(bias.numel() == 0 || (bias.scalar_type() == x.scalar_type() && bias.numel() == N &&
                                     bias.is_contiguous()),
-              "dense_linear: bias must be [N] in x's dtype (or empty)");
+              "packed_linear: bias must be [N] in x's dtype (or empty)");
   auto out = torch::empty({M, N}, x.options());
   if (M == 0 || N == 0) return out;
-  if (x.scalar_type() == torch::kFloat32) {
-    run<float>(x.data_ptr<float>(), w.data_ptr<float>(),
+  if (f32) {
+    run<float>(x.data_ptr<float>(), wp.data_ptr<float>(),
                bias.numel() ? bias.data_ptr<float>() : nullptr, out.data_ptr<float>(), M, K, N);
   } else {
-    run<bf16>(x.data_ptr<bf16>(), w.data_ptr<bf16>(),
+    run<bf16>(x.data_ptr<bf16>(), wp.data_ptr<bf16>(),
               bias.numel() ? bias.data_ptr<bf16>() : nullptr, out.data_ptr<bf16>(), M, K, N);
   }
   return out;
@@ -209,6 +263,6 @@ bool has_bf16_simd() {
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("dense_linear", &dense_linear, "x @ w.T + bias for fp32 / bf16 on CPU (row-major w)");
+  m.def("packed_linear", &packed_linear, "x @ W.T + bias, W prepacked (fp32 / bf16, CPU)");
   m.def("has_bf16_simd", &has_bf16_simd, "whether the bf16 path was built with AVX512-BF16");
 }
