@@ -35,9 +35,13 @@ def available_cores() -> int:
 
 
 def set_threads(threads: int | None) -> int:
-    """Set torch intra-op threads (default: the cores this process may use)."""
-    n = int(threads) if threads else available_cores()
-    if n < 1:
-        raise ValueError(f"threads must be >= 1, got {n}")
+    """Set torch intra-op threads (None: the cores this process may use). 0 is an error,
+    not "unset": only null means the default."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(
+            f"threads={threads!r}: allowed values are null (the cores this process may use) "
+            "or an integer >= 1"
+        )
+    n = available_cores() if threads is None else int(threads)
     torch.set_num_threads(n)
     return n
