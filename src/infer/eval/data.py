@@ -7,6 +7,12 @@ A data spec is one of:
   - a local folder: a dataset saved with ``Dataset.save_to_disk`` or any folder
     ``datasets.load_dataset`` understands (json/csv/parquet/text files);
   - a hub name (needs a network): ``wikitext-2-raw-v1`` (alias) or ``name`` / ``name:config``.
+
+Every text is split once, by token position: evaluation (perplexity windows, greedy
+prompts) reads only its first half (:func:`eval_part`), calibration (quant.*.calib) only its
+second half (:func:`calibration_part`). The split does not depend on any other setting, so
+calibration never sees a scored token whatever eval.max_windows, eval.window or the greedy
+prompt settings, and every point of a sweep scores the same windows.
 """
 
 from __future__ import annotations
@@ -88,6 +94,21 @@ def load_text(
 ) -> str:
     """All rows of ``spec`` joined into one string (memoized per process)."""
     return _load_text(spec, str(cache_dir), split, field, joiner)
+
+
+def split_point(num_tokens: int) -> int:
+    """Index of a text's first calibration token (its middle)."""
+    return num_tokens // 2
+
+
+def eval_part(ids: list[int]) -> list[int]:
+    """The tokens evaluation may read: the first half of the text."""
+    return ids[: split_point(len(ids))]
+
+
+def calibration_part(ids: list[int]) -> list[int]:
+    """The tokens calibration may read: the second half of the text."""
+    return ids[split_point(len(ids)) :]
 
 
 def corpus_ids(tokenizer: Any, text: str) -> list[int]:

@@ -9,7 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from infer.eval.data import corpus_ids, load_text, windows
+from infer.eval.data import corpus_ids, eval_part, load_text, windows
 from infer.eval.divergence import DivergenceAccumulator
 from infer.eval.greedy import agreement, corpus_prompts, generate_greedy
 from infer.eval.perplexity import perplexity, token_nll
@@ -31,6 +31,15 @@ def cache_dir_of(cfg: DictConfig) -> Path:
     return Path(c).expanduser() if c else default_cache_dir()
 
 
+def eval_inputs(ids: list[int], e: DictConfig) -> tuple[list[list[int]], list[list[int]]]:
+    """The windows scored and the greedy prompts for ``cfg.eval`` = ``e``: both from the
+    text's evaluation part (its first half; the second half is calibration's)."""
+    part = eval_part(ids)
+    wins = windows(part, int(e.window), e.max_windows)
+    prompts = corpus_prompts(part, int(e.greedy_prompts), int(e.greedy_prompt_len)) if e.divergence else []
+    return wins, prompts
+
+
 def evaluate(engine: Any, cfg: DictConfig) -> dict[str, Any]:
     """Score ``cfg.eval`` windows with ``engine`` and compare with the reference.
 
@@ -41,8 +50,7 @@ def evaluate(engine: Any, cfg: DictConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     cache = cache_dir_of(cfg)
     ids = corpus_ids(engine.tokenizer, load_text(str(e.data), cache, str(e.split), str(e.field)))
-    wins = windows(ids, int(e.window), e.max_windows)
-    prompts = corpus_prompts(ids, int(e.greedy_prompts), int(e.greedy_prompt_len)) if e.divergence else []
+    wins, prompts = eval_inputs(ids, e)
     g_max = int(e.greedy_max_tokens)
 
     store: ReferenceStore | None = None

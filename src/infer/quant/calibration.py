@@ -2,8 +2,9 @@
 
 Text comes through ``datasets`` (``infer.eval.data.load_text``: ``builtin:pydoc`` offline,
 a local file / dataset folder, or a hub name such as ``wikitext-2-raw-v1`` online).
-Sequences are drawn from the SECOND half of the token stream: ``task=eval`` scores windows
-from the start of the same default text, so calibration never sees evaluation tokens.
+Sequences are drawn from the SECOND half of the token stream; ``task=eval`` scores windows
+and greedy prompts from the first half only (``infer.eval.data``), so calibration never sees
+evaluation tokens, whatever the eval settings.
 
 Results (small tensors: per-channel statistics, searched scales and clip values) are cached
 under ``<cache_dir>/quant_calib/`` keyed by the model's weight files and every setting that
@@ -54,12 +55,13 @@ class CalibConfig:
 
 
 def calibration_sequences(cfg: CalibConfig, tokenizer: Any, cache_dir: Path) -> list[list[int]]:
-    """``num_seqs`` random windows of ``seq_len`` tokens from the second half of the text."""
-    from infer.eval.data import load_text
+    """``num_seqs`` random windows of ``seq_len`` tokens from the text's calibration part
+    (its second half: ``infer.eval.data.calibration_part``; evaluation reads only the first)."""
+    from infer.eval.data import corpus_ids, load_text, split_point
 
     text = load_text(cfg.data, cache_dir, cfg.split, cfg.field)
-    ids = list(tokenizer.encode(text, add_special_tokens=False))
-    lo = len(ids) // 2
+    ids = corpus_ids(tokenizer, text)  # tokenized exactly as evaluation tokenizes it
+    lo = split_point(len(ids))
     span = len(ids) - lo - cfg.seq_len
     if span < cfg.num_seqs:
         raise ValueError(
