@@ -65,13 +65,23 @@ def make_workload(tokens: list[int], n: int, plen: tuple[int, int], olen: tuple[
     return out
 
 
+def linear_shapes(model: LlamaForCausalLM, prefix: str) -> list[tuple[int, int]]:
+    """(out, in) of the model's Linear layers whose names start with ``prefix``. From the
+    layers' sizes, not their tensors: quant=none packs the weights into the CPU kernel's
+    layout, so the F.linear references here time fresh matrices of the same shapes."""
+    return [(m.out_features, m.in_features) for n, m in model.named_modules()
+            if n.startswith(prefix) and hasattr(m, "out_sizes")]
+
+
+def model_dtype(model: LlamaForCausalLM) -> torch.dtype:
+    return model.layers[0].input_layernorm.weight.dtype
+
+
 def model_flops(model: LlamaForCausalLM, work: list[tuple[list[int], int]]) -> float:
     """FLOPs the workload needs: 2 x weights per processed token (LM head only for sampled
     tokens) plus causal attention (QK^T and PV over each token's context)."""
     a = model.args
-    per_layer = sum(
-        m.weight.numel() for n, m in model.named_modules() if n.startswith("layers.0.") and hasattr(m, "out_sizes")
-    )
+    per_layer = sum(n * k for n, k in linear_shapes(model, "layers.0."))
     body = 2 * per_layer * a.num_layers
     head = 2 * a.vocab_size * a.hidden_size
     attn_per_pair = 4 * a.num_heads * a.head_dim * a.num_layers  # QK and PV, per (query, key)
@@ -84,7 +94,7 @@ def model_flops(model: LlamaForCausalLM, work: list[tuple[list[int], int]]) -> f
 
 def gemm_rate(model: LlamaForCausalLM, rows: int = 512, reps: int = 5) -> float:
     """FLOP/s of the model's own projection GEMMs at ``rows`` tokens (best of reps)."""
-    ws = [m.weight for n, m in model.named_modules() if n.startswith("layers.0.") and hasattr(m, "out_sizes")]
+    ws = [torch.randn(n, k, dtype=model_dtype(model)) for n, k in linear_shapes(model, "layers.0.")]
     xs = {w.shape[1]: torch.randn(rows, w.shape[1], dtype=w.dtype) for w in ws}
     flops = sum(2 * rows * w.numel() for w in ws)
     best = float("inf")
@@ -99,9 +109,9 @@ def gemm_rate(model: LlamaForCausalLM, rows: int = 512, reps: int = 5) -> float:
 def weight_pass_time(model: LlamaForCausalLM, reps: int = 7) -> float:
     """Seconds for one pass of GEMVs over every weight matrix (LM head included): the
     bytes a single-stream decode step must stream from memory."""
-    ws = [m.weight for m in model.modules() if hasattr(m, "out_sizes")]
-    head = model.embed_tokens.weight if model.lm_head is None else model.lm_head.weight
-    ws.append(head)
+    a = model.args
+    shapes = linear_shapes(model, "") + [(a.vocab_size, a.hidden_size)]
+    ws = [torch.randn(n, k, dtype=model_dtype(model)) for n, k in shapes]
     xs = {w.shape[1]: torch.randn(1, w.shape[1], dtype=w.dtype) for w in ws}
     times = []
     for _ in range(reps):
