@@ -43,3 +43,6 @@ def test_run_default_smollm2(tmp_path: Path) -> None:
     prompts = yaml.safe_load((REPO / "configs/workload/prompts.yaml").read_text())["prompts"]
     for p in prompts:
         assert f">>> {p}" in r.stdout
+    # the built-in prompts are questions the chat model answers sensibly (an unfinished
+    # sentence through the chat template got a garbled reply)
+    assert "Paris" in r.stdout and "def reverse_string" in r.stdout
