@@ -57,7 +57,7 @@ def build(cfg: DictConfig) -> Engine:
         raise ValueError(f"engine.max_model_len={max_len} exceeds the model's limit {limit}")
     k = cfg.kernels
     ops = resolve_ops(k.impl, OmegaConf.to_container(k.get("overrides") or {}), device, dtype)
-    model = load_model(folder, quant, dtype, device, max_len, ops)
+    model = load_model(folder, quant, dtype, device, max_len, ops, tokenizer)
 
     block_size = max_len if cfg.attention.block_size is None else int(cfg.attention.block_size)
     kv_dtype = parse_kv_cache_dtype(cfg.get("kv_cache_dtype"), dtype)

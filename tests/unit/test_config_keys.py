@@ -89,3 +89,14 @@ def test_skip_tokenizer_init_builds_without_one(no_tokenizer: Path) -> None:
     out = llm.generate(ids, sp, use_tqdm=False)[0].outputs[0]
     assert out.token_ids == ref.generate(ids, sp, use_tqdm=False)[0].outputs[0].token_ids
     assert out.text == ""
+
+
+def test_calibration_uses_the_configured_tokenizer(no_tokenizer: Path, tmp_path: Path) -> None:
+    # w8a8 calibrates on text: its tokenizer is model.tokenizer, not the (empty) model folder
+    tok_dir = resolve_model_path("builtin:tiny-llama")
+    calib = ["quant.method.calib.num_seqs=2", "quant.method.calib.seq_len=32",
+             f"quant.method.cache_dir={tmp_path}"]
+    llm = LLM(model=str(no_tokenizer), quant="w8a8", kv_cache_tokens=4096,
+              overrides=[f"model.tokenizer={tok_dir}", *calib])
+    out = llm.generate("Hello there", SamplingParams(temperature=0, max_tokens=3), use_tqdm=False)
+    assert len(out[0].outputs[0].token_ids) == 3

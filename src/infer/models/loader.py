@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -62,9 +63,11 @@ def load_model(
     device: torch.device,
     max_positions: int,
     ops: Ops | None = None,
+    tokenizer: Any = None,
 ) -> LlamaForCausalLM:
     """Instantiate the family's module from ``folder`` and load its safetensors weights.
-    ``ops``: the resolved kernels config (None = all torch)."""
+    ``ops``: the resolved kernels config (None = all torch). ``tokenizer``: the engine's (for
+    calibration text); None = loaded from ``folder`` only if a quant method asks for it."""
     hf_cfg = load_hf_config(folder)
     args = ModelArgs.from_hf(hf_cfg)
     quant.accept_checkpoint(checkpoint_quant_config(hf_cfg))
@@ -81,7 +84,8 @@ def load_model(
         )
     model.init_rope()  # calibration forwards need rope
     ctx = QuantContext(folder, calibration_forward(model, dtype, device),
-                       lambda: _tokenizer(folder), getattr(model, "ops", None))
+                       (lambda: tokenizer) if tokenizer is not None else (lambda: _tokenizer(folder)),
+                       getattr(model, "ops", None))
     quant.prepare_model(model, ctx)
     for m in model.modules():
         if isinstance(m, Linear):
@@ -99,9 +103,9 @@ def checkpoint_quant_config(hf_cfg) -> dict | None:  # type: ignore[no-untyped-d
 
 
 def _tokenizer(folder: Path):  # type: ignore[no-untyped-def]
-    from transformers import AutoTokenizer
+    from infer.models.tokenizer import load_tokenizer
 
-    return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+    return load_tokenizer(folder)  # a clear error when the folder has none
 
 
 def calibration_forward(model: LlamaForCausalLM, dtype: torch.dtype, device: torch.device):  # type: ignore[no-untyped-def]
