@@ -112,14 +112,14 @@ def test_prompt_logprobs_with_chunked_prefill(tiny_checkpoint) -> None:  # type:
 
 
 def test_penalties_follow_their_definition() -> None:
-    from infer.sampling import apply_penalties
+    from infer.sampling import RowContext, apply_penalties
     from infer.sequence import Sequence
 
     logits = torch.tensor([[2.0, -1.0, 0.5, 3.0]])
     seq = Sequence(0, "r", None, [0], SamplingParams(repetition_penalty=2.0, presence_penalty=0.5,
                    frequency_penalty=0.25), 0.0)
     seq.output_token_ids = [2, 2, 1]
-    out = apply_penalties(logits.clone(), [seq], 4)[0]
+    out = apply_penalties(logits.clone(), [RowContext.of(seq)])[0]
     # token 0: prompt only -> repetition: 2/2; token 1 (-1, once): -1*2 - 0.25 - 0.5;
     # token 2 (0.5, twice): 0.5/2 - 0.5 - 0.5; token 3 untouched
     assert torch.allclose(out, torch.tensor([1.0, -2.75, -0.75, 3.0]))

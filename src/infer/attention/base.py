@@ -12,6 +12,10 @@ from typing import Any, Protocol
 import torch
 
 
+#: longest query run (pending token + drafts) that joins the batched decode group
+MAX_GROUP_QUERIES = 32
+
+
 @dataclass
 class SeqSlice:
     """One sequence's part of a step: ``num_new`` tokens after ``num_cached`` cached ones."""
@@ -25,7 +29,10 @@ class SeqSlice:
 class AttentionMetadata:
     """Per-step tensors shared by all layers (built once by ``plan``).
 
-    Sequences are ordered decodes first (num_new == 1), then prefill/extend chunks.
+    Sequences are ordered decodes first (num_new == 1, or 1 + drafts when speculating), then
+    prefill/extend chunks. ``num_decodes``: leading sequences with one query each;
+    ``num_decode_group``: leading sequences with a cached prefix and at most
+    ``MAX_GROUP_QUERIES`` queries (decodes and verify rows), attended as one batch.
     slot_mapping: int64 [T] cache slot (block*BS + offset) of each new token.
     query_start_loc: int32 [B+1] prefix sums of new tokens per sequence.
     context_lens: int32 [B] cached + new tokens per sequence.
@@ -40,6 +47,7 @@ class AttentionMetadata:
     context_lens_list: list[int]
     block_size: int
     num_decodes: int
+    num_decode_group: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -69,6 +77,13 @@ def build_metadata(seqs: list[SeqSlice], block_size: int, device: torch.device) 
         if q != 1:
             break
         num_decodes += 1
+    # the decode group: leading sequences that are decodes, or verify rows (the pending token
+    # plus drafts over a cached prefix): short multi-query sequences attended in one batch
+    num_group = 0
+    for s in seqs:
+        if not (s.num_new == 1 or (s.num_cached > 0 and s.num_new <= MAX_GROUP_QUERIES)):
+            break
+        num_group += 1
     return AttentionMetadata(
         slot_mapping=torch.tensor(slots, dtype=torch.int64, device=device),
         query_start_loc=torch.tensor(qsl, dtype=torch.int32, device=device),
@@ -78,6 +93,7 @@ def build_metadata(seqs: list[SeqSlice], block_size: int, device: torch.device) 
         context_lens_list=clens,
         block_size=block_size,
         num_decodes=num_decodes,
+        num_decode_group=num_group,
     )
 
 

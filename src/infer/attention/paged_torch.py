@@ -69,6 +69,54 @@ def decode_attention(
     return out.squeeze(2)
 
 
+def plan_multi_query(md: AttentionMetadata, ng: int) -> dict[str, object]:
+    """Per-step tensors for a decode group with several queries per sequence (verify rows):
+    the queries padded to [B, maxq] (``query_rows`` indexes the packed q, ``query_valid``
+    marks real ones) and the causal mask [B, 1, maxq, L] over the gathered context."""
+    qlens = md.query_lens_list[:ng]
+    maxq = max(qlens)
+    dev = md.context_lens.device
+    n = torch.tensor(qlens, device=dev)
+    starts = md.query_start_loc[:ng].long()
+    qi = torch.arange(maxq, device=dev)
+    valid = qi[None, :] < n[:, None]
+    rows = torch.where(valid, starts[:, None] + qi[None, :], torch.zeros((), dtype=torch.long, device=dev))
+    ctx = md.context_lens[:ng].long()
+    nblocks = (max(md.context_lens_list[:ng]) + md.block_size - 1) // md.block_size
+    keys = torch.arange(nblocks * md.block_size, device=dev)
+    # query i of sequence b sits at position ctx - n + i and sees keys 0..ctx - n + i; padded
+    # queries see key 0 only (finite softmax; their output is dropped)
+    last = torch.where(valid, (ctx - n)[:, None] + qi[None, :], torch.zeros_like(rows))
+    mask = keys[None, None, :] <= last[:, :, None]
+    return {"query_rows": rows.reshape(-1), "query_valid": valid.reshape(-1), "mq_mask": mask[:, None]}
+
+
+def multi_query_attention(
+    q: torch.Tensor,
+    kv_cache: tuple[torch.Tensor, ...],
+    plan: dict[str, object],
+    scale: float,
+) -> torch.Tensor:
+    """The decode group with several queries per sequence: q [Tg, Hq, D] packed -> [Tg, Hq, D].
+    One gather of every sequence's blocks and one masked SDPA call for the whole group."""
+    k_cache, v_cache = kv_cache[0], kv_cache[1]
+    flat = plan["flat_blocks"]
+    mask = plan["mq_mask"]
+    b, maxq = mask.shape[0], mask.shape[2]  # type: ignore[attr-defined]
+    hk, d = k_cache.shape[-2:]
+    k = k_cache.index_select(0, flat).view(b, -1, hk, d)  # type: ignore[arg-type]
+    v = v_cache.index_select(0, flat).view(b, -1, hk, d)  # type: ignore[arg-type]
+    if len(kv_cache) == 4:  # int8/fp8 codes: dequantize the gathered blocks
+        k = dequantize(k, kv_cache[2].index_select(0, flat).view(b, -1, hk), q.dtype)  # type: ignore[arg-type]
+        v = dequantize(v, kv_cache[3].index_select(0, flat).view(b, -1, hk), q.dtype)  # type: ignore[arg-type]
+    qp = q.index_select(0, plan["query_rows"]).view(b, maxq, q.shape[1], d)  # type: ignore[arg-type]
+    out = F.scaled_dot_product_attention(
+        qp.transpose(1, 2), k.transpose(1, 2).to(q.dtype), v.transpose(1, 2).to(q.dtype),
+        attn_mask=mask, scale=scale, enable_gqa=q.shape[1] != hk,  # type: ignore[arg-type]
+    )
+    return out.transpose(1, 2).reshape(b * maxq, q.shape[1], d)[plan["query_valid"]]  # type: ignore[index]
+
+
 class PagedTorchBackend:
     """Paged attention: the CPU kernel when it applies, else batched torch decodes and
     per-sequence prefill/extend.
@@ -98,10 +146,13 @@ class PagedTorchBackend:
 
     def plan(self, seqs: list[SeqSlice], block_size: int, device: torch.device) -> AttentionMetadata:
         md = build_metadata(seqs, block_size, device)
-        if md.num_decodes:
+        ng = md.num_decode_group
+        if ng and not self.use_kernel:
             md.extra["decode"] = plan_decode(
-                md.block_tables, md.context_lens, md.context_lens_list[: md.num_decodes], block_size
+                md.block_tables, md.context_lens, md.context_lens_list[:ng], block_size
             )
+            if ng > md.num_decodes:  # verify rows: several queries per sequence
+                md.extra["decode"].update(plan_multi_query(md, ng))
         return md
 
     def forward(
@@ -121,6 +172,7 @@ class PagedTorchBackend:
             cpu_kernel.store_kv(k, v, k_cache, v_cache, md.slot_mapping)
 
             def decodes(qd: torch.Tensor, nd: int) -> torch.Tensor:
+                # one call for every decode and verify row (causal within each sequence)
                 return cpu_kernel.paged_attention(
                     qd, k_cache, v_cache, md.block_tables[:nd], md.query_start_loc[: nd + 1],
                     md.context_lens[:nd], scale,
@@ -150,11 +202,13 @@ class PagedTorchBackend:
             # the values a read of the cache returns (dequantized codes for int8/fp8)
             return attend_one(qi, as_stored(ki, kv_cache, 0), as_stored(vi, kv_cache, 1), s)
 
-        return _split_attend(
-            q, k, v, md, scale,
-            lambda qd, nd: decode_attention(qd, kv_cache, md.extra["decode"], scale),
-            fresh_torch, extend_torch,
-        )
+        def decodes_torch(qd: torch.Tensor, nd: int) -> torch.Tensor:
+            plan = md.extra["decode"]
+            if "query_rows" in plan:
+                return multi_query_attention(qd, kv_cache, plan, scale)
+            return decode_attention(qd, kv_cache, plan, scale)
+
+        return _split_attend(q, k, v, md, scale, decodes_torch, fresh_torch, extend_torch)
 
 
 def _split_attend(
@@ -167,16 +221,17 @@ def _split_attend(
     fresh: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor],
     extend: Callable[[int, torch.Tensor], torch.Tensor],
 ) -> torch.Tensor:
-    """One step's attention, split the way the metadata orders it: the ``nd`` leading
-    decodes in one batched call, then each prefill chunk alone, either a whole fresh
+    """One step's attention, split the way the metadata orders it: the decode group (decodes
+    and verify rows) in one batched call, then each prefill chunk alone, either a whole fresh
     prompt (``fresh`` on its own new k/v) or a chunk extending a cached prefix."""
-    nd = md.num_decodes
+    nd = md.num_decode_group
+    nq = sum(md.query_lens_list[:nd])
     if nd == md.num_seqs:
         return decodes(q, nd)
     out = torch.empty_like(q)
     if nd:
-        out[:nd] = decodes(q[:nd], nd)
-    start = nd
+        out[:nq] = decodes(q[:nq], nd)
+    start = nq
     for i in range(nd, md.num_seqs):
         n, c = md.query_lens_list[i], md.context_lens_list[i]
         qi = q[start : start + n]
