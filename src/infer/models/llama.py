@@ -145,9 +145,11 @@ class LlamaForCausalLM(nn.Module):
                                      device="meta").to_empty(device=torch.get_default_device())
             self.lm_head.weight.requires_grad_(False)
         self.max_positions = max_positions
-        # LM head through the C++ dense kernel on CPU unless the quant method turns it off;
-        # ``head_packed`` is set by process_weights_after_loading
-        self.cpu_kernel = bool(getattr(quant, "cpu_kernel", True))
+        # LM head through the C++ dense kernel on CPU when the quant method asks for it
+        # (quant=none's cpu_kernel; methods without the knob keep the [V, H] tensors, which
+        # checkpoint writers such as awq_format read); ``head_packed`` is set by
+        # process_weights_after_loading
+        self.cpu_kernel = bool(getattr(quant, "cpu_kernel", False))
         self.register_parameter("head_packed", None)
         # cos/sin filled by init_rope() once the weights are loaded
         self.register_buffer("cos_sin", torch.empty(max_positions, args.head_dim), persistent=False)
