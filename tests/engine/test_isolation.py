@@ -112,8 +112,12 @@ def test_sampler_process_leaves_untruncated_probs_exact() -> None:
 
 
 # ---- 8. radix: an unusable prefix match is released ----------------------------------
-def test_radix_small_cache_two_requests_both_finish() -> None:
-    llm = LLM(model="tiny", attention="radix", kv_cache_tokens=64, max_model_len=64, threads=1)
+@pytest.mark.parametrize("policy", ["fcfs", "lpm"])
+def test_radix_small_cache_two_requests_both_finish(policy: str) -> None:
+    # 4 blocks of 16: the second request matches the warm prefix but cannot allocate the
+    # rest; its pinned match must not keep the first from growing (fcfs used to wedge here)
+    llm = LLM(model="tiny", attention="radix", kv_cache_tokens=64, max_model_len=64, threads=1,
+              overrides=[f"attention.schedule_policy={policy}"])
     shared = list(range(100, 132))
     warm = SamplingParams(temperature=0, max_tokens=2, ignore_eos=True)
     llm.generate([{"prompt_token_ids": shared}], warm, use_tqdm=False)  # prefix now in the tree
