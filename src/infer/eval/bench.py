@@ -10,6 +10,7 @@ from typing import Any
 from infer.eval.latency import summarize
 from infer.eval.memory import PeakMemory
 from infer.eval.progress import progress
+from infer.eval.spec_metrics import snapshot, spec_delta
 from infer.eval.workloads import Request
 from infer.sampling_params import SamplingParams
 
@@ -42,9 +43,11 @@ def run_requests(
     Returns the summary metrics (see ``latency.summarize``) plus peak_mem_mb, kv_usage_max,
     batch_size_mean, steps, errors, preemptions, computed_prompt_tokens (prompt tokens
     actually run, recomputation included), prefix-cache counters of this run
-    (cached_prompt_tokens, evictions, prefix_hit_rate), ``_outputs`` (the RequestOutputs in
-    workload order) and ``_steps``: one dict per engine step (batch_size,
-    kv_usage, step_ms, new_tokens, tok_s).
+    (cached_prompt_tokens, evictions, prefix_hit_rate), the speculation columns of this run
+    (``spec_metrics.SPEC_COLUMNS``: drafted, accepted, acceptance rate and length, draft and
+    verify time), ``_outputs`` (the RequestOutputs in workload order) and ``_steps``: one
+    dict per engine step (batch_size, kv_usage, step_ms, new_tokens, tok_s, drafted,
+    accepted).
     """
     rng = random.Random(seed)
     t_next, arrivals = 0.0, []
@@ -63,6 +66,7 @@ def run_requests(
     n0, out0, cp0 = len(stats.batch_sizes), stats.output_tokens, stats.computed_prompt_tokens
     pre0 = engine.scheduler.num_preemptions
     cache0 = _cache_stats(engine)
+    spec0 = snapshot(stats)
     mem = PeakMemory(engine.runner.device)
     rid_idx: dict[str, int] = {}
     done: dict[int, Any] = {}
@@ -82,7 +86,7 @@ def run_requests(
                 raise RuntimeError("bench: requests left but none runnable (bad depends_on?)")
             time.sleep(max(arrivals[0][0] - now, 0.0))
             continue
-        tok0 = stats.output_tokens
+        tok0, dr0, ac0 = stats.output_tokens, stats.spec_drafted, stats.spec_accepted
         t = time.perf_counter()
         outs = engine.step()
         dt = time.perf_counter() - t
@@ -91,6 +95,7 @@ def run_requests(
             "batch_size": float(stats.batch_sizes[-1]) if len(stats.batch_sizes) > n0 else 0.0,
             "kv_usage": float(stats.kv_usage[-1]) if stats.kv_usage else 0.0,
             "step_ms": 1000.0 * dt, "new_tokens": float(new), "tok_s": new / dt if dt > 0 else 0.0,
+            "drafted": float(stats.spec_drafted - dr0), "accepted": float(stats.spec_accepted - ac0),
         })
         for o in outs:
             if o.finished:
@@ -129,6 +134,7 @@ def run_requests(
     if "cached_prompt_tokens" in cache1:
         seen = cache1.get("prompt_tokens", 0.0) - cache0.get("prompt_tokens", 0.0)
         m["prefix_hit_rate"] = m["cached_prompt_tokens"] / max(seen, 1.0)
+    m.update(spec_delta(spec0, snapshot(stats)))
     m["_outputs"] = outs_in_order
     m["_steps"] = steps
     return m

@@ -25,9 +25,12 @@ def scalars(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def results_path(setting: str | None, info: RunInfo) -> Path | None:
     """``auto`` = <sweep dir>/results.csv in a sweep, <run dir>/results.csv otherwise;
-    None/'' = no table; anything else is a path."""
+    ``sweep`` = <sweep dir>/results.csv in a sweep, no table otherwise; None/'' = no table;
+    anything else is a path."""
     if not setting:
         return None
+    if setting == "sweep":
+        return info.sweep_dir / "results.csv" if info.sweep_dir is not None else None
     if setting == "auto":
         return (info.sweep_dir or info.run_dir) / "results.csv"
     return Path(setting).expanduser()

@@ -22,6 +22,7 @@ from infer.eval.peers import (
     peer_metrics,
     run_peer,
 )
+from infer.eval.spec_metrics import format_spec_table
 
 
 def run(engine: Any, cfg: DictConfig) -> dict[str, Any]:
@@ -35,6 +36,8 @@ def run(engine: Any, cfg: DictConfig) -> dict[str, Any]:
     m = run_requests(engine, reqs, b.request_rate, int(b.seed))
     outs = m.pop("_outputs", None)  # RequestOutput objects: for scripts, not for metrics.json
     m["weight_mb"] = weight_mb(engine.runner.model)  # as stored: quantized schemes shrink it
+    spec = cfg.get("spec")
+    print(format_spec_table([{"spec": str(spec.name) if spec is not None else "none", **m}]))
     if peers:
         m.update(_side_by_side(engine, cfg, specs, reqs, outs, m))
     return {"task": "bench", "workload": str(cfg.workload.name), **m}
