@@ -72,7 +72,7 @@ class LLM:
             values["skip_tokenizer_init"] = bool(skip_tokenizer_init)
         self.config = compose_config(ov + list(overrides or []), values)
         self.engine = build(self.config)
-        self.model_path: Path = self.engine.model_path  # type: ignore[attr-defined]
+        self.model_path: Path = self.engine.model_path  # type: ignore[assignment]
 
     def get_tokenizer(self) -> Any:
         return self.engine.tokenizer

@@ -83,13 +83,12 @@ def build(cfg: DictConfig) -> Engine:
     sampler = Sampler(args.vocab_size)
     proposer, policy = build_spec(cfg.spec, TargetContext(
         model, folder, dtype, device, ops, max_len, args.vocab_size, kv, cfg.attention, sampler,
-        cfg.get("cache_dir"),
+        cfg.get("cache_dir"), tokenizer,
     ))
     engine = Engine(
         runner, scheduler, sampler, tokenizer, proposer,
         max_len, args.vocab_size, eos, seed=int(e.seed), policy=policy,
+        model_path=folder, config=cfg,
     )
-    engine.model_path = folder  # type: ignore[attr-defined]
-    engine.config = cfg  # type: ignore[attr-defined]
     torch.manual_seed(int(e.seed))
     return engine

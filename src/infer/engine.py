@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,6 +85,8 @@ class Engine:
         eos_token_ids: list[int],
         seed: int = 0,
         policy: Any = None,
+        model_path: Path | None = None,
+        config: Any = None,
     ) -> None:
         self.runner = runner
         self.scheduler = scheduler
@@ -98,6 +101,8 @@ class Engine:
         self._ids = itertools.count()
         self._requests: dict[str, list[Sequence]] = {}
         self.stats = EngineStats()
+        self.model_path = model_path  # the checkpoint folder served
+        self.config = config  # the composed config it was built from (None when hand-built)
         scheduler.draft_slots = self._draft_slots
         scheduler.on_preempt = self._forget  # type: ignore[method-assign]
 

@@ -9,7 +9,7 @@ import torch
 from infer.attention.base import AttentionBackend, SeqSlice
 from infer.forward_context import ForwardContext
 from infer.models.llama import LlamaForCausalLM
-from infer.quant.kv_cache import is_quantized, scale_bytes_per_token
+from infer.quant.kv_cache import KVLayer, QuantizedKVLayer, is_quantized, scale_bytes_per_token
 from infer.scheduler import ScheduledSeq
 
 
@@ -54,9 +54,9 @@ class ModelRunner:
         self.kv = kv
         self.device = device
         # the backend owns its cache layout (default [NB, BS, Hk, D] for both K and V)
-        shapes = getattr(backend, "kv_cache_shapes", None)
-        if shapes is not None:
-            k_shape, v_shape = shapes(kv.num_blocks, kv.block_size, kv.num_kv_heads, kv.head_dim, kv.dtype, device)
+        bind = getattr(backend, "bind", None)
+        if bind is not None:
+            k_shape, v_shape = bind(kv, device)
         else:
             k_shape = v_shape = (kv.num_blocks, kv.block_size, kv.num_kv_heads, kv.head_dim)
         keep = set(range(kv.num_layers) if layers is None else layers)
@@ -67,9 +67,9 @@ class ModelRunner:
                 return None
             kc = torch.zeros(k_shape, dtype=kv.dtype, device=device)
             vc = torch.zeros(v_shape, dtype=kv.dtype, device=device)
-            if is_quantized(kv.dtype):  # (k, v, k_scale, v_scale): scales [NB, BS, Hk] fp32
-                return kc, vc, torch.zeros(sshape, device=device), torch.zeros(sshape, device=device)
-            return kc, vc
+            if is_quantized(kv.dtype):  # codes + fp32 scales [NB, BS, Hk]
+                return QuantizedKVLayer(kc, vc, torch.zeros(sshape, device=device), torch.zeros(sshape, device=device))
+            return KVLayer(kc, vc)
 
         self.kv_caches = [layer_cache(i) for i in range(kv.num_layers)]
 

@@ -20,8 +20,10 @@ KV = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
 
 
 def _cache(dtype: torch.dtype, nb: int = 6, bs: int = 16, hk: int = 2, d: int = 32):  # type: ignore[no-untyped-def]
-    return (torch.zeros(nb, bs, hk, d, dtype=dtype), torch.zeros(nb, bs, hk, d, dtype=dtype),
-            torch.zeros(nb, bs, hk), torch.zeros(nb, bs, hk))
+    from infer.quant.kv_cache import QuantizedKVLayer
+
+    return QuantizedKVLayer(torch.zeros(nb, bs, hk, d, dtype=dtype), torch.zeros(nb, bs, hk, d, dtype=dtype),
+                            torch.zeros(nb, bs, hk), torch.zeros(nb, bs, hk))
 
 
 @pytest.mark.parametrize("kv", ["int8", "fp8"])

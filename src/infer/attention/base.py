@@ -102,12 +102,11 @@ class AttentionBackend(Protocol):
 
     name: str
 
-    def kv_cache_shapes(
-        self, num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int,
-        dtype: torch.dtype, device: torch.device,
-    ) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """Shapes of one layer's (k_cache, v_cache). Optional: without it the runner uses
-        [NB, BS, Hk, D] for both."""
+    def bind(self, kv: Any, device: torch.device) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Bind this backend instance to one model's KV geometry (``runner.KVSpec``: blocks,
+        block size, kv heads, head dim, storage dtype) and device; returns the shapes of one
+        layer's (k_cache, v_cache). Optional: without it the runner uses [NB, BS, Hk, D] for
+        both. Each model (target, draft) gets its own backend instance."""
         ...
 
     def plan(self, seqs: list[SeqSlice], block_size: int, device: torch.device) -> AttentionMetadata:

@@ -13,6 +13,7 @@ decode or prefix hit reads, so outputs never depend on how a prompt was chunked.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from infer.attention import cpu_kernel
 from infer.attention.base import AttentionMetadata, SeqSlice, build_metadata
 from infer.attention.torch_ref import attend_one, causal_prefill, gather_kv, store_kv
-from infer.quant.kv_cache import as_stored, dequantize
+from infer.quant.kv_cache import as_stored, dequantize, layer_is_quantized
 
 
 def plan_decode(
@@ -56,7 +57,7 @@ def decode_attention(
     # [B*nb, BS, Hk, D] -> [B, L, Hk, D] -> [B, Hk, L, D]
     k = k_cache.index_select(0, flat).view(b, -1, hk, d)  # type: ignore[arg-type]
     v = v_cache.index_select(0, flat).view(b, -1, hk, d)  # type: ignore[arg-type]
-    if len(kv_cache) == 4:  # int8/fp8 codes: dequantize the gathered blocks
+    if layer_is_quantized(kv_cache):  # int8/fp8 codes: dequantize the gathered blocks
         k = dequantize(k, kv_cache[2].index_select(0, flat).view(b, -1, hk), q.dtype)  # type: ignore[arg-type]
         v = dequantize(v, kv_cache[3].index_select(0, flat).view(b, -1, hk), q.dtype)  # type: ignore[arg-type]
     if mask is None:
@@ -106,7 +107,7 @@ def multi_query_attention(
     hk, d = k_cache.shape[-2:]
     k = k_cache.index_select(0, flat).view(b, -1, hk, d)  # type: ignore[arg-type]
     v = v_cache.index_select(0, flat).view(b, -1, hk, d)  # type: ignore[arg-type]
-    if len(kv_cache) == 4:  # int8/fp8 codes: dequantize the gathered blocks
+    if layer_is_quantized(kv_cache):  # int8/fp8 codes: dequantize the gathered blocks
         k = dequantize(k, kv_cache[2].index_select(0, flat).view(b, -1, hk), q.dtype)  # type: ignore[arg-type]
         v = dequantize(v, kv_cache[3].index_select(0, flat).view(b, -1, hk), q.dtype)  # type: ignore[arg-type]
     qp = q.index_select(0, plan["query_rows"]).view(b, maxq, q.shape[1], d)  # type: ignore[arg-type]
@@ -129,19 +130,18 @@ class PagedTorchBackend:
 
     def __init__(self, cpu_kernel: bool = True) -> None:
         self.cpu_kernel = cpu_kernel
-        self.use_kernel = False  # decided with the cache layout, in kv_cache_shapes
+        self.use_kernel = False  # decided with the cache layout, in bind
 
-    def kv_cache_shapes(
-        self, num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int,
-        dtype: torch.dtype, device: torch.device,
-    ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    def bind(self, kv: Any, device: torch.device) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Choose the kernel for this model's cache (fp32 on CPU, extension built) and
+        return its layer cache shapes."""
         self.use_kernel = (
-            self.cpu_kernel and device.type == "cpu" and dtype == torch.float32
+            self.cpu_kernel and device.type == "cpu" and kv.dtype == torch.float32
             and cpu_kernel.available()
         )
         if self.use_kernel:
-            return cpu_kernel.kv_cache_shapes(num_blocks, block_size, num_kv_heads, head_dim)
-        shape = (num_blocks, block_size, num_kv_heads, head_dim)
+            return cpu_kernel.kv_cache_shapes(kv.num_blocks, kv.block_size, kv.num_kv_heads, kv.head_dim)
+        shape = (kv.num_blocks, kv.block_size, kv.num_kv_heads, kv.head_dim)
         return shape, shape
 
     def plan(self, seqs: list[SeqSlice], block_size: int, device: torch.device) -> AttentionMetadata:

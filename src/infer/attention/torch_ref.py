@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from infer.attention.base import AttentionMetadata, SeqSlice, build_metadata
-from infer.quant.kv_cache import dequantize
+from infer.quant.kv_cache import dequantize, layer_is_quantized
 from infer.quant.kv_cache import store_kv as store_quantized_kv
 
 
@@ -18,7 +18,7 @@ def store_kv(
 ) -> None:
     """Write k/v [T, Hk, D] into the caches' flat slot view at ``slots`` (int64 [T]).
     A quantized cache (k, v, k_scale, v_scale) gets codes and scales (quant/kv_cache.py)."""
-    if len(kv_cache) == 4:
+    if layer_is_quantized(kv_cache):
         return store_quantized_kv(k, v, kv_cache, slots)
     k_cache, v_cache = kv_cache
     hk, d = k_cache.shape[-2:]
@@ -46,7 +46,7 @@ def gather_kv(
     """k, v [ctx_len, Hk, D] of one sequence; a quantized cache's blocks are dequantized."""
     k = gather_context(kv_cache[0], block_table, ctx_len)
     v = gather_context(kv_cache[1], block_table, ctx_len)
-    if len(kv_cache) == 4:
+    if layer_is_quantized(kv_cache):
         k = dequantize(k, gather_context(kv_cache[2], block_table, ctx_len), dtype)
         v = dequantize(v, gather_context(kv_cache[3], block_table, ctx_len), dtype)
     return k, v

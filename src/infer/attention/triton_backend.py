@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from infer.quant.kv_cache import layer_is_quantized
 from infer.attention.base import AttentionMetadata, SeqSlice, build_metadata
 from infer.kernel_select import triton_op
 
@@ -105,7 +106,7 @@ class TritonBackend:
         k_cache, v_cache = kv_cache[0], kv_cache[1]
         # int8/fp8 caches carry per-token-per-head scales (quant/kv_cache.py); the kernels
         # quantize on store and dequantize in the dot products
-        ks, vs = (kv_cache[2], kv_cache[3]) if len(kv_cache) == 4 else (None, None)
+        ks, vs = (kv_cache[2], kv_cache[3]) if layer_is_quantized(kv_cache) else (None, None)
         self._store(k, v, k_cache, v_cache, metadata.slot_mapping, ks, vs)
         p: TritonPlan = metadata.extra["triton"]
         nd = metadata.num_decodes

@@ -14,8 +14,31 @@ sees the same values whatever the chunking, preemption or prefix hits (lossless 
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from infer_kernels.reference import quantize_last_dim
+
+
+class KVLayer(NamedTuple):
+    """One layer's cache in the model dtype (shapes chosen by the attention backend)."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+
+
+class QuantizedKVLayer(NamedTuple):
+    """One layer's int8 / fp8 cache: codes [NB, BS, Hk, D] and fp32 scales [NB, BS, Hk]."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    k_scale: torch.Tensor
+    v_scale: torch.Tensor
+
+
+def layer_is_quantized(kv_cache: tuple[torch.Tensor, ...]) -> bool:
+    """Whether a layer cache carries codes + scales (a ``QuantizedKVLayer``)."""
+    return isinstance(kv_cache, QuantizedKVLayer)
 
 KV_CACHE_DTYPES = {"int8": torch.int8, "fp8": torch.float8_e4m3fn}
 
@@ -42,7 +65,7 @@ def store_kv(k: torch.Tensor, v: torch.Tensor, kv_cache: tuple[torch.Tensor, ...
     """Write k/v [T, Hk, D] at flat ``slots`` (int64 [T]); quantize when the cache is."""
     k_cache, v_cache = kv_cache[0], kv_cache[1]
     hk, d = k_cache.shape[-2:]
-    if len(kv_cache) == 2:
+    if not layer_is_quantized(kv_cache):
         k_cache.view(-1, hk, d).index_copy_(0, slots, k.to(k_cache.dtype))
         v_cache.view(-1, hk, d).index_copy_(0, slots, v.to(v_cache.dtype))
         return
@@ -67,7 +90,7 @@ def as_stored(x: torch.Tensor, cache: tuple[torch.Tensor, ...], which: int) -> t
     scales :func:`store_kv` writes, so bit-identical to :func:`dequantize` of the gathered
     blocks), cast through the cache dtype otherwise (a no-op when they match)."""
     code_dtype = cache[which].dtype
-    if len(cache) == 4:
+    if layer_is_quantized(cache):
         q, s = quantize_last_dim(x, code_dtype)
         return dequantize(q, s, x.dtype)
     return x if code_dtype == x.dtype else x.to(code_dtype).to(x.dtype)

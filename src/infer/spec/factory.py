@@ -38,6 +38,7 @@ class TargetContext:
     attention: DictConfig  # the attention group (a fresh backend instance per model)
     sampler: Sampler
     cache_dir: str | None = None
+    tokenizer: Any = None  # for a draft quant method that calibrates on text
 
 
 def build_spec(spec: DictConfig, target: TargetContext) -> tuple[Any, Any]:
@@ -91,7 +92,10 @@ def _load_draft(target: TargetContext, path: str | None, quant: str) -> torch.nn
             f"spec.model={path!r} has a vocabulary of {args.vocab_size} tokens but the target has "
             f"{target.vocab_size}; a draft model must share the target's tokenizer"
         )
-    return load_model(folder, _quant_method(quant), target.dtype, target.device, target.max_model_len, target.ops)
+    return load_model(
+        folder, _quant_method(quant), target.dtype, target.device, target.max_model_len, target.ops,
+        target.tokenizer,
+    )
 
 
 def draft_proposer(
