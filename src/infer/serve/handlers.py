@@ -43,7 +43,9 @@ def _completion_build(body: CompletionRequest, prompt: str | list[int]) -> Calla
     def build(engine: Any) -> NewRequest:
         tok = engine.tokenizer
         if isinstance(prompt, str):
-            text, ids = prompt, tok.encode(prompt, add_special_tokens=False)
+            # the tokenizer's own default for special tokens (a BOS where the family wants
+            # one), as LLM.generate and other OpenAI-compatible servers encode completions
+            text, ids = prompt, tok.encode(prompt)
         else:
             text, ids = None, list(prompt)
         params = to_sampling_params(body, len(ids), engine.max_model_len)
