@@ -66,6 +66,21 @@ def test_triton_engine_matches_torch_engine(torch_reference) -> None:  # type: i
         assert got == pytest.approx(want, abs=1e-4)
 
 
+def test_triton_verify_rows_match_torch_engine(torch_reference) -> None:  # type: ignore[no-untyped-def]
+    # spec=draft with the target's own checkpoint drafts exactly the target's tokens, so every
+    # step after the prompt feeds 1 + k verify rows per sequence through the Triton kernels
+    llm = LLM(
+        model="tiny", attention="triton", kernels="triton", max_model_len=64, kv_cache_tokens=4096,
+        spec="draft", overrides=["spec.num_tokens=3", "spec.policy.kind=fixed"],
+    )
+    ids, lps = _run(llm)
+    assert llm.engine.stats.spec_accepted > 0 and llm.engine.stats.acceptance_rate == 1.0
+    want_ids, want_lps = torch_reference
+    assert ids == want_ids
+    for got, want in zip(lps, want_lps):
+        assert got == pytest.approx(want, abs=1e-4)
+
+
 def test_rms_norm_override_composes_and_takes_effect(torch_reference, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import infer_kernels.rms_norm as k
 
