@@ -165,16 +165,19 @@ class LlamaForCausalLM(nn.Module):
         self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext
     ) -> torch.Tensor:
         """input_ids, positions: int64 [T] -> hidden [T, hidden] (model dtype)."""
-        if self.embed_tokens is None:  # tied and packed: the lookup reads the LM head's panels
-            x = dense_cpu.unpack_rows(self.head_packed, input_ids, self.args.hidden_size)
-        else:
-            x = self.embed_tokens(input_ids)
+        x = self.embed(input_ids)
         rope = self.ops.rope_factors(positions, self.cos_sin, x.dtype)
         residual = None
         for layer in self.layers:
             x, residual = layer(x, residual, rope, ctx)
         x, _ = self.norm(x, residual)
         return x
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings: int64 [T] -> [T, hidden] (model dtype)."""
+        if self.embed_tokens is None:  # tied and packed: the lookup reads the LM head's panels
+            return dense_cpu.unpack_rows(self.head_packed, input_ids, self.args.hidden_size)
+        return self.embed_tokens(input_ids)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [N, hidden] -> fp32 logits [N, vocab]."""

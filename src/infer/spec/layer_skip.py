@@ -33,7 +33,7 @@ class LayerSkipModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         t = self.target
-        x = t.embed_tokens(input_ids)
+        x = t.embed(input_ids)
         rope = t.ops.rope_factors(positions, t.cos_sin, x.dtype)
         residual = None
         for i in self.keep:
