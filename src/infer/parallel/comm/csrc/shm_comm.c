@@ -38,6 +38,10 @@
 #define SPIN_ITERS 256 /* busy-wait this long (~10-30 us) before yielding the core: on a
                           machine with more runnable threads than cores the peer may be
                           descheduled, and spinning would then only delay it */
+#define NAP_AFTER_S 1e-3 /* after this long, sleep between checks: a rank waiting for a slow
+                            peer (e.g. rank 0 scheduling) should not burn a core others need;
+                            the nap adds at most NAP_NS to a wait already this long */
+#define NAP_NS 50000
 
 static inline uint64_t *ctl(char *base, int r) { return (uint64_t *)(base + (size_t)r * LINE); }
 
@@ -57,7 +61,7 @@ int shm_sync(char *base, int rank, int world, uint64_t seq, uint64_t w0, uint64_
   __atomic_store_n(&me[1 + 2 * p], w0, __ATOMIC_RELAXED);
   __atomic_store_n(&me[2 + 2 * p], w1, __ATOMIC_RELAXED);
   __atomic_store_n(&me[0], seq, __ATOMIC_RELEASE);
-  double deadline = -1.0;
+  double start = -1.0; /* of the first wait past the spin phase */
   for (int r = 0; r < world; ++r) {
     uint64_t *c = ctl(base, r);
     for (long i = 0; __atomic_load_n(&c[0], __ATOMIC_ACQUIRE) < seq; ++i) {
@@ -65,11 +69,14 @@ int shm_sync(char *base, int rank, int world, uint64_t seq, uint64_t w0, uint64_
         CPU_RELAX();
         continue;
       }
-      sched_yield();
-      if ((i & 63) == 0) {
-        double t = now_s();
-        if (deadline < 0) deadline = t + timeout_s;
-        else if (t > deadline) return 1 + r;
+      double t = now_s(); /* vDSO clock read: cheap next to the yield's system call */
+      if (start < 0) start = t;
+      if (t - start > timeout_s) return 1 + r;
+      if (t - start < NAP_AFTER_S) {
+        sched_yield();
+      } else {
+        struct timespec nap = {0, NAP_NS};
+        nanosleep(&nap, NULL);
       }
     }
     if (__atomic_load_n(&c[1 + 2 * p], __ATOMIC_RELAXED) != w0 ||
