@@ -18,6 +18,7 @@ only order is commutative; for three or more, gloo's ring may associate differen
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import socket
@@ -149,7 +150,9 @@ class ShmComm:
             dist.all_gather_object(errs, err, group=group)
         finally:
             if self.rank == 0 and path is not None:
-                os.unlink(str(path))  # every rank has tried to map it (or setup failed)
+                # every rank has tried to map it (or setup failed); absent if creation failed
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(str(path))
         bad = [e for e in errs if e is not None]
         if bad:
             self._mem = None
