@@ -147,7 +147,7 @@ class AdaptivePolicy:
                     f"accepted ({n}) must be in [0, drafted={d}] for sequence {s.seq_id}"
                 )
             trials = n + (1 if n < d else 0)
-            st = self._seq.setdefault(s.seq_id, [0.0, 0.0])
+            st = [0.0, 0.0] if s.is_finished else self._seq.setdefault(s.seq_id, [0.0, 0.0])  # finished: freed already
             st[0] = b * st[0] + n
             st[1] = b * st[1] + trials
             g_acc += n
