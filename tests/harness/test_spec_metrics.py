@@ -161,3 +161,29 @@ def test_sweep_gives_one_row_per_proposer(tmp_path: Path) -> None:
     for i in range(2):
         saved = json.loads((sweep / str(i) / "metrics.json").read_text())
         assert "acceptance_length" in saved and "verify_time_s" in saved
+
+
+def test_variants_swap_over_one_engine(tiny_engine: Any) -> None:
+    """bench_spec.py's proposer swap: same target, drafts counted, outputs unchanged."""
+    from infer.eval.spec_variants import build_variant, use_variant
+    from infer.sampling_params import SamplingParams
+
+    eng = tiny_engine
+    old = (eng.proposer, eng.policy)
+    reqs = W.synthetic(CORPUS, 3, [24, 32], [12, 16], seed=5)
+    base = [list(o.outputs[0].token_ids) for o in run_requests(eng, reqs)["_outputs"]]
+    try:
+        for option, ov in (("ngram", []), ("self", ["spec.mode=layers", "spec.skip_layers=[1]"])):
+            use_variant(eng, *build_variant(eng, option, [*ov, "spec.policy.kind=fixed"]))
+            m = run_requests(eng, reqs)
+            assert m["spec_drafted"] > 0, option
+            assert [list(o.outputs[0].token_ids) for o in m["_outputs"]] == base, option
+        with pytest.raises(ValueError, match="only spec"):
+            build_variant(eng, "ngram", ["engine.max_num_seqs=2"])
+        eng.add_request(None, reqs[0].prompt_token_ids, SamplingParams(max_tokens=2))
+        with pytest.raises(RuntimeError, match="idle"):
+            use_variant(eng, *old)
+        while eng.has_unfinished():
+            eng.step()
+    finally:
+        use_variant(eng, *old)
