@@ -72,6 +72,10 @@ class LLM:
             values["skip_tokenizer_init"] = bool(skip_tokenizer_init)
         self.config = compose_config(ov + list(overrides or []), values)
         self.engine = build(self.config)
+        # outputs of requests that finished during a step another consumer (a generate call,
+        # another stream) ran: kept here until their own consumer collects them
+        self._mailbox: dict[str, RequestOutput] = {}
+        self._live: set[str] = set()  # requests of generate/stream calls not yet collected
         self.model_path: Path = self.engine.model_path  # type: ignore[assignment]
 
     def get_tokenizer(self) -> Any:
@@ -142,16 +146,21 @@ class LLM:
         try:
             for t, ids, sp in reqs:
                 rids.append(self.engine.add_request(t, ids, sp))
-            mine = set(rids)
-            while len(results) < len(rids):
-                for out in self.engine.step():
-                    if out.finished and out.request_id in mine:
-                        results[out.request_id] = out
+                self._live.add(rids[-1])
+            while True:
+                for r in rids:
+                    if r not in results and r in self._mailbox:
+                        results[r] = self._mailbox.pop(r)
                         if bar is not None:
                             bar.update(1)
+                if len(results) == len(rids):
+                    break
+                self._step()
         finally:
             # an exception (or KeyboardInterrupt) midway: leave nothing of ours behind
             for r in rids:
+                self._live.discard(r)
+                self._mailbox.pop(r, None)
                 if r not in results:
                     self.engine.abort(r)
             if bar is not None:
@@ -164,17 +173,32 @@ class LLM:
         text, ids = self._to_ids(prompt)
         sp = sampling_params or SamplingParams()
         rid = self.engine.add_request(text, ids, sp)
+        self._live.add(rid)
         done = False
         try:
             while not done:
-                for o in self.engine.step():
+                for o in self._step(rid):
                     if o.request_id != rid:
                         continue
                     done = o.finished
                     yield o
         finally:
+            self._live.discard(rid)
+            self._mailbox.pop(rid, None)
             if not done:
                 self.engine.abort(rid)
+
+    def _step(self, rid: str | None = None) -> list[RequestOutput]:
+        """One engine step, or, if ``rid`` already finished in a step run by another consumer,
+        its final output from the mailbox. Finished outputs of other requests are posted to
+        the mailbox so that interleaved streams and generate calls each get their own."""
+        if rid is not None and rid in self._mailbox:
+            return [self._mailbox.pop(rid)]
+        outs = self.engine.step()
+        for o in outs:
+            if o.finished and o.request_id != rid and o.request_id in self._live:
+                self._mailbox[o.request_id] = o
+        return outs
 
 
 def _progress(total: int, enabled: bool) -> Any:

@@ -56,6 +56,11 @@ class ScheduledSeq:
         return self.seq.tokens[start : start + self.num_new] + self.draft
 
 
+def _fixed_stream(seq: Sequence) -> bool:
+    """Seeded sampled requests: their tokens must be a function of the request alone."""
+    return seq.params.seed is not None and not seq.params.greedy
+
+
 def no_drafts(seqs: list[Sequence], batch_size: int) -> list[int]:
     return [0] * len(seqs)
 
@@ -159,7 +164,13 @@ class Scheduler:
         for seq, want in zip(dec, wants):
             if budget < 1 or seq not in self.running:
                 continue
-            k = max(0, min(int(want), self._slot_limit(seq), budget - 1))
+            k = max(0, min(int(want), self._slot_limit(seq)))
+            if k > budget - 1:
+                if _fixed_stream(seq) and 1 + k <= self.max_num_batched_tokens:
+                    # a seeded sampled request keeps its k (its random stream must not depend
+                    # on the batch): it waits for a step with room instead of drafting less
+                    continue
+                k = max(budget - 1, 0)
             if not self._reserve(seq, 1 + k, scheduled):
                 continue  # seq itself was preempted
             decodes.append(ScheduledSeq(seq, 1, num_slots=k))

@@ -266,3 +266,25 @@ def test_lpm_admits_a_cold_request_within_max_wait() -> None:
         if admitted_at is not None:
             break
     assert admitted_at is not None and admitted_at <= 4
+
+
+def test_interleaved_streams_each_get_their_final_output(llm: LLM) -> None:
+    sp_a = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+    sp_b = SamplingParams(temperature=0, max_tokens=2, ignore_eos=True)
+    want_a = ids(llm.generate([{"prompt_token_ids": [1, 2, 3]}], sp_a, use_tqdm=False))[0]
+    want_b = ids(llm.generate([{"prompt_token_ids": [4, 5, 6]}], sp_b, use_tqdm=False))[0]
+    a = llm.stream({"prompt_token_ids": [1, 2, 3]}, sp_a)
+    b = llm.stream({"prompt_token_ids": [4, 5, 6]}, sp_b)
+    next(a)
+    next(b)
+    last_a = list(a)[-1]  # b finishes during a's steps
+    last_b = list(b)[-1]
+    assert last_a.finished and last_a.outputs[0].token_ids == want_a
+    assert last_b.finished and last_b.outputs[0].token_ids == want_b
+    # a generate call while a stream is open: both complete
+    c = llm.stream({"prompt_token_ids": [4, 5, 6]}, sp_b)
+    next(c)
+    assert ids(llm.generate([{"prompt_token_ids": [1, 2, 3]}], sp_a, use_tqdm=False))[0] == want_a
+    assert list(c)[-1].outputs[0].token_ids == want_b
+    assert_idle(llm)
+    assert not llm._mailbox

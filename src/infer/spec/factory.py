@@ -7,7 +7,6 @@ Lookup proposers (none, ngram, suffix) are plain classes. Model-based ones (``sp
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,8 @@ class TargetContext:
 def build_spec(spec: DictConfig, target: TargetContext) -> tuple[Any, Any]:
     """(proposer, policy) of the ``spec`` config group."""
     proposer = instantiate(spec.proposer)
-    if isinstance(proposer, functools.partial):
+    if not hasattr(proposer, "propose") and callable(proposer):
+        # ``_partial_: true``: a factory still waiting for the target (model-based proposers)
         proposer = proposer(target=target)
     policy = instantiate(spec.policy) if spec.get("policy") is not None else None
     return proposer, policy
