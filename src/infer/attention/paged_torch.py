@@ -40,6 +40,20 @@ def plan_decode(
     return {"flat_blocks": flat, "mask": mask, "max_context": max_ctx}
 
 
+def gather_group_kv(
+    kv_cache: tuple[torch.Tensor, ...], flat: torch.Tensor, b: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """k, v [B, L, Hk, D] of a decode group from its flat block ids [B * nb] (blocks of a
+    quantized cache are dequantized to ``dtype``; L = nb * BS, padded past each context)."""
+    hk, d = kv_cache[0].shape[-2:]
+    k = kv_cache[0].index_select(0, flat).view(b, -1, hk, d)
+    v = kv_cache[1].index_select(0, flat).view(b, -1, hk, d)
+    if layer_is_quantized(kv_cache):  # int8/fp8 codes: dequantize the gathered blocks
+        k = dequantize(k, kv_cache[2].index_select(0, flat).view(b, -1, hk), dtype)
+        v = dequantize(v, kv_cache[3].index_select(0, flat).view(b, -1, hk), dtype)
+    return k, v
+
+
 def decode_attention(
     q: torch.Tensor,
     kv_cache: tuple[torch.Tensor, torch.Tensor],
@@ -50,16 +64,10 @@ def decode_attention(
 
     ``plan`` comes from ``plan_decode`` (flat block ids [B * nb], mask [B, 1, 1, L] or None).
     """
-    k_cache, v_cache = kv_cache[0], kv_cache[1]
     b = q.shape[0]
-    flat, mask = plan["flat_blocks"], plan["mask"]
-    hk, d = k_cache.shape[-2:]
-    # [B*nb, BS, Hk, D] -> [B, L, Hk, D] -> [B, Hk, L, D]
-    k = k_cache.index_select(0, flat).view(b, -1, hk, d)  # type: ignore[arg-type]
-    v = v_cache.index_select(0, flat).view(b, -1, hk, d)  # type: ignore[arg-type]
-    if layer_is_quantized(kv_cache):  # int8/fp8 codes: dequantize the gathered blocks
-        k = dequantize(k, kv_cache[2].index_select(0, flat).view(b, -1, hk), q.dtype)  # type: ignore[arg-type]
-        v = dequantize(v, kv_cache[3].index_select(0, flat).view(b, -1, hk), q.dtype)  # type: ignore[arg-type]
+    mask = plan["mask"]
+    hk = kv_cache[0].shape[-2]
+    k, v = gather_group_kv(kv_cache, plan["flat_blocks"], b, q.dtype)  # type: ignore[arg-type]
     if mask is None:
         n = int(plan["max_context"])  # type: ignore[call-overload]
         k, v = k[:, :n], v[:, :n]
@@ -100,16 +108,10 @@ def multi_query_attention(
 ) -> torch.Tensor:
     """The decode group with several queries per sequence: q [Tg, Hq, D] packed -> [Tg, Hq, D].
     One gather of every sequence's blocks and one masked SDPA call for the whole group."""
-    k_cache, v_cache = kv_cache[0], kv_cache[1]
-    flat = plan["flat_blocks"]
     mask = plan["mq_mask"]
     b, maxq = mask.shape[0], mask.shape[2]  # type: ignore[attr-defined]
-    hk, d = k_cache.shape[-2:]
-    k = k_cache.index_select(0, flat).view(b, -1, hk, d)  # type: ignore[arg-type]
-    v = v_cache.index_select(0, flat).view(b, -1, hk, d)  # type: ignore[arg-type]
-    if layer_is_quantized(kv_cache):  # int8/fp8 codes: dequantize the gathered blocks
-        k = dequantize(k, kv_cache[2].index_select(0, flat).view(b, -1, hk), q.dtype)  # type: ignore[arg-type]
-        v = dequantize(v, kv_cache[3].index_select(0, flat).view(b, -1, hk), q.dtype)  # type: ignore[arg-type]
+    hk, d = kv_cache[0].shape[-2:]
+    k, v = gather_group_kv(kv_cache, plan["flat_blocks"], b, q.dtype)  # type: ignore[arg-type]
     qp = q.index_select(0, plan["query_rows"]).view(b, maxq, q.shape[1], d)  # type: ignore[arg-type]
     out = F.scaled_dot_product_attention(
         qp.transpose(1, 2), k.transpose(1, 2).to(q.dtype), v.transpose(1, 2).to(q.dtype),
