@@ -12,7 +12,9 @@ import json
 from pathlib import Path
 
 
-def plot(result: dict, out: Path) -> Path:
+def plot(result: dict, out: Path, extra: dict | None = None) -> Path:
+    """``extra``: another bench_spec.py result whose throughput runs are drawn beside
+    ``result``'s (bars labelled by run)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -33,7 +35,11 @@ def plot(result: dict, out: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left")
 
-    tp = result.get("throughput", {})
+    tp = {}
+    for tag, res in (("run 1", result), ("run 2", extra or {})):
+        for n, v in res.get("throughput", {}).items():
+            if n != "none":
+                tp[f"{n}\n({tag})" if extra else n] = v
     names = list(tp)
     bx.bar(names, [tp[n]["ratio_median"] for n in names], color="tab:blue")
     for i, n in enumerate(names):
@@ -41,8 +47,8 @@ def plot(result: dict, out: Path) -> Path:
             bx.plot([i], [r], "k.", ms=4)
     bx.axhline(0.95, color="tab:red", lw=0.8, ls=":", label="target 0.95x")
     bx.axhline(1.0, color="gray", lw=0.8, ls="--")
-    lo = min([0.8] + [r for n in names for r in tp[n]["ratios"]])
-    bx.set_ylim(lo - 0.05, 1.1)
+    allr = [r for n in names for r in tp[n]["ratios"]]
+    bx.set_ylim(min([0.8, *allr]) - 0.05, max([1.05, *allr]) + 0.05)
     bx.set_ylabel("offline output tok/s vs spec=none")
     bx.set_title("synthetic workload, max_num_seqs=32")
     bx.legend(fontsize=7)
@@ -60,8 +66,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("result", type=Path, help="bench_spec.py JSON")
     ap.add_argument("--out", type=Path, default=None, help="PNG (default: spec.png beside the JSON)")
+    ap.add_argument("--throughput", type=Path, default=None, help="a second result whose throughput runs to add")
     a = ap.parse_args()
-    print(plot(json.loads(a.result.read_text()), a.out or a.result.with_name("spec.png")))
+    extra = json.loads(a.throughput.read_text()) if a.throughput else None
+    print(plot(json.loads(a.result.read_text()), a.out or a.result.with_name("spec.png"), extra))
     return 0
 
 
