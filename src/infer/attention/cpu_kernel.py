@@ -7,16 +7,13 @@ the pure-torch path; ``available()`` tells which.
 
 from __future__ import annotations
 
-import hashlib
-import os
-import warnings
 from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
 
 import torch
 
-from infer.models.sources import default_cache_dir
+from infer.cpp_ext import load_cpp_extension
 
 _SRC = Path(__file__).parent / "csrc" / "paged_attention_cpu.cpp"
 
@@ -24,27 +21,11 @@ _SRC = Path(__file__).parent / "csrc" / "paged_attention_cpu.cpp"
 @lru_cache(maxsize=1)
 def load() -> ModuleType | None:
     """Compile (first time) and import the extension; None if that is impossible."""
-    if os.environ.get("INFER_DISABLE_CPU_KERNEL"):
-        return None
-    from torch.utils.cpp_extension import load as load_ext
-
-    # the source hash is part of the name: an edited kernel never meets a stale build
-    digest = hashlib.sha256(_SRC.read_bytes()).hexdigest()[:10]
-    name = f"infer_paged_attention_cpu_{digest}"
-    build = default_cache_dir() / "torch_extensions" / f"torch{torch.__version__}" / name
-    build.mkdir(parents=True, exist_ok=True)
-    try:
-        return load_ext(
-            name=name,
-            sources=[str(_SRC)],
-            # -fno-math-errno lets expf vectorize (libmvec); no other fast-math licence taken
-            extra_cflags=["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno"],
-            build_directory=str(build),
-            verbose=False,
-        )
-    except Exception as e:  # no compiler, unsupported platform ...
-        warnings.warn(f"CPU paged-attention kernel unavailable, using torch ops: {e}", stacklevel=2)
-        return None
+    # -fno-math-errno lets expf vectorize (libmvec); no other fast-math licence taken
+    return load_cpp_extension(
+        "infer_paged_attention_cpu", _SRC, ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno"],
+        "CPU paged-attention kernel",
+    )
 
 
 def available() -> bool:

@@ -12,17 +12,13 @@ Numbers against F.linear and the memory / compute rooflines: scripts/bench_linea
 
 from __future__ import annotations
 
-import hashlib
-import os
-import warnings
 from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
 
 import torch
 
-from infer.models.sources import default_cache_dir
-from infer.quant.cpu_kernel import _cpu_tag
+from infer.cpp_ext import load_cpp_extension
 
 _SRC = Path(__file__).parent / "csrc" / "dense_linear_cpu.cpp"
 DTYPES = (torch.float32, torch.bfloat16)
@@ -33,26 +29,7 @@ _EMPTY = {dt: torch.empty(0, dtype=dt) for dt in DTYPES}
 @lru_cache(maxsize=1)
 def load() -> ModuleType | None:
     """Compile (first time) and import the extension; None if impossible or disabled."""
-    if os.environ.get("INFER_DISABLE_CPU_KERNEL"):
-        return None
-    from torch.utils.cpp_extension import load as load_ext
-
-    # source + CPU-flag hash in the name: an edited kernel never meets a stale build
-    digest = hashlib.sha256(_SRC.read_bytes()).hexdigest()[:10]
-    name = f"infer_dense_linear_cpu_{digest}_{_cpu_tag()}"
-    build = default_cache_dir() / "torch_extensions" / f"torch{torch.__version__}" / name
-    build.mkdir(parents=True, exist_ok=True)
-    try:
-        return load_ext(
-            name=name,
-            sources=[str(_SRC)],
-            extra_cflags=["-O3", "-march=native"],
-            build_directory=str(build),
-            verbose=False,
-        )
-    except Exception as e:  # noqa: BLE001 (no compiler, unsupported platform ...)
-        warnings.warn(f"CPU dense-linear kernel unavailable, using F.linear: {e}", stacklevel=2)
-        return None
+    return load_cpp_extension("infer_dense_linear_cpu", _SRC, ["-O3", "-march=native"], "CPU dense-linear kernel")
 
 
 def usable(w: torch.Tensor) -> bool:
