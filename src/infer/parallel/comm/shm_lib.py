@@ -17,6 +17,7 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
+from infer.cpp_ext import cpu_tag
 from infer.models.sources import default_cache_dir
 
 _SRC = Path(__file__).parent / "csrc" / "shm_comm.c"
@@ -30,13 +31,7 @@ class ShmLibError(RuntimeError):
 
 
 def _key() -> str:
-    try:
-        cpu = next(
-            (ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), ""
-        )
-    except OSError:
-        cpu = ""
-    h = hashlib.sha1(_SRC.read_bytes() + " ".join(_FLAGS).encode() + cpu.encode())
+    h = hashlib.sha1(_SRC.read_bytes() + " ".join(_FLAGS).encode() + cpu_tag().encode())
     return h.hexdigest()[:16]
 
 
