@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import itertools
 import time
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,7 +25,7 @@ from infer.runner import ModelRunner
 from infer.sampling import Processed, RowContext, Sampler, logprob_dict
 from infer.sampling_params import MAX_SEED, SamplingParams
 from infer.scheduler import ScheduledSeq, Scheduler
-from infer.sequence import Sequence, SeqStatus
+from infer.sequence import SeqStatus, Sequence
 from infer.spec.base import Proposer
 from infer.spec.verify import verify_greedy, verify_rejection
 from infer.stopping import decode_output, finish_reason_after
@@ -116,7 +116,7 @@ class Engine:
         if self.policy is None:
             return [k] * len(seqs)
         slots = list(self.policy.num_slots(seqs, batch_size))
-        return [k if (s.params.seed is not None and not s.params.greedy) else n for s, n in zip(seqs, slots)]
+        return [k if s.params.seeded_sampling else n for s, n in zip(seqs, slots)]
 
     def _forget(self, seq: Sequence) -> None:
         """seq finished, was aborted or preempted: the proposer and policy drop its state."""
@@ -229,7 +229,7 @@ class Engine:
         touched: dict[str, None] = {b.seq.request_id: None for b in batch}
         try:
             logits = self.runner.execute(batch, tables, flat)
-        except Exception as e:  # nothing advanced: the batch fails, the engine goes on
+        except Exception as e:  # noqa: BLE001 (nothing advanced: the batch fails, the engine goes on)
             for b in batch:
                 self._fail(b.seq, e)
             return [self._request_output(r) for r in touched]
@@ -294,12 +294,12 @@ class Engine:
             return {}
         try:
             return self._verify_items(items, logits)
-        except Exception:  # find the culprit: verify each sequence alone
+        except Exception:  # noqa: BLE001 (find the culprit: verify each sequence alone)
             out: dict[int, list[int] | Exception] = {}
             for it in items:
                 try:
                     out.update(self._verify_items([it], logits))
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001 (this sequence's failure is its own)
                     out[it[0].seq.seq_id] = e
             return out
 
@@ -359,7 +359,7 @@ class Engine:
                 if isinstance(acc, Exception) or acc is None:
                     raise acc or RuntimeError("no verification result")
                 n_acc = self._append_run(seq, b, acc, logits, r.sample[0], now)
-                if b.num_slots or (self.policy is not None and not b.seq.in_prefill and b.num_new == 1):
+                if b.decode and self.proposer.num_tokens:  # the policy sees every decode
                     spec_seqs.append(seq)
                     spec_drafted.append(len(b.draft))
                     spec_acc.append(n_acc)
@@ -367,13 +367,13 @@ class Engine:
                     seq.num_computed_tokens += n_acc  # accepted drafts' KV is valid
                     cache.on_tokens_computed(seq)
                     cache.trim(seq)  # slots of rejected / unproposed drafts go back
-            except Exception as e:  # one bad request fails alone
+            except Exception as e:  # noqa: BLE001 (one bad request fails alone)
                 self._fail(seq, e)
         if spec_seqs:
             live = [(s, a) for s, a, d in zip(spec_seqs, spec_acc, spec_drafted) if d and not s.is_finished]
             if live:
                 self.proposer.commit([s for s, _ in live], [a for _, a in live])
-            if self.policy is not None and self.proposer.num_tokens:
+            if self.policy is not None:
                 self.policy.update(spec_seqs, spec_drafted, spec_acc)
 
     def _append_run(

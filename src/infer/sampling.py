@@ -22,7 +22,7 @@ from infer.sequence import Logprob, Sequence
 from infer.spec.verify import sample_from
 
 # re-exported for the public API
-__all__ = ["SamplingParams", "Sampler", "SamplerOutput", "RowContext", "Processed", "sample_from"]
+__all__ = ["Processed", "RowContext", "Sampler", "SamplerOutput", "SamplingParams", "sample_from"]
 
 
 @dataclass

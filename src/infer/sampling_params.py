@@ -6,7 +6,6 @@ import math
 import numbers
 from dataclasses import dataclass, field
 
-
 _FLOAT_FIELDS = ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty",
                  "frequency_penalty")
 _INT_FIELDS = ("n", "top_k", "max_tokens", "min_tokens", "seed", "logprobs", "prompt_logprobs")
@@ -114,6 +113,12 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature < SAMPLING_EPS
+
+    @property
+    def seeded_sampling(self) -> bool:
+        """A seeded, sampled request: its tokens must be a function of the request alone, so
+        speculation gives it a fixed draft length whatever the batch."""
+        return self.seed is not None and not self.greedy
 
     @property
     def truncates(self) -> bool:

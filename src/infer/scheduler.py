@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from infer.cache.paged import KVCacheManager
-from infer.sequence import Sequence, SeqStatus
+from infer.sequence import SeqStatus, Sequence
 
 #: (decoding sequences, running batch size) -> draft slots wanted per sequence
 DraftSlotsFn = Callable[[list[Sequence], int], list[int]]
@@ -35,6 +35,7 @@ class ScheduledSeq:
     seq: Sequence
     num_new: int
     num_slots: int = 0
+    decode: bool = False  # scheduled as a decode (pending token + draft slots), not a chunk
     draft: list[int] = field(default_factory=list)
     draft_probs: torch.Tensor | None = None
 
@@ -54,11 +55,6 @@ class ScheduledSeq:
         """The ids fed: committed tokens from ``num_computed_tokens`` on, then the draft."""
         start = self.seq.num_computed_tokens
         return self.seq.tokens[start : start + self.num_new] + self.draft
-
-
-def _fixed_stream(seq: Sequence) -> bool:
-    """Seeded sampled requests: their tokens must be a function of the request alone."""
-    return seq.params.seed is not None and not seq.params.greedy
 
 
 def no_drafts(seqs: list[Sequence], batch_size: int) -> list[int]:
@@ -166,14 +162,14 @@ class Scheduler:
                 continue
             k = max(0, min(int(want), self._slot_limit(seq)))
             if k > budget - 1:
-                if _fixed_stream(seq) and 1 + k <= self.max_num_batched_tokens:
+                if seq.params.seeded_sampling and 1 + k <= self.max_num_batched_tokens:
                     # a seeded sampled request keeps its k (its random stream must not depend
                     # on the batch): it waits for a step with room instead of drafting less
                     continue
                 k = max(budget - 1, 0)
             if not self._reserve(seq, 1 + k, scheduled):
                 continue  # seq itself was preempted
-            decodes.append(ScheduledSeq(seq, 1, num_slots=k))
+            decodes.append(ScheduledSeq(seq, 1, num_slots=k, decode=True))
             scheduled.add(seq.seq_id)
             budget -= 1 + k
 

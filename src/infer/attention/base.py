@@ -11,7 +11,6 @@ from typing import Any, Protocol
 
 import torch
 
-
 #: longest query run (pending token + drafts) that joins the batched decode group
 MAX_GROUP_QUERIES = 32
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import torch
 
-from infer.quant.kv_cache import layer_is_quantized
 from infer.attention.base import AttentionMetadata, SeqSlice, build_metadata
 from infer.kernel_select import triton_op
+from infer.quant.kv_cache import layer_is_quantized
 
 
 @dataclass

@@ -18,7 +18,6 @@ own processors and generator (greedy rows take its argmax: a point mass).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -137,6 +136,3 @@ class DraftModelProposer:
         sh = self._shadows.pop(seq.seq_id, None)
         if sh is not None:
             self.cache.free(sh.seq)
-
-    def stats(self) -> dict[str, Any]:
-        return {"draft_kv_usage": self.cache.usage(), "draft_sequences": len(self._shadows)}

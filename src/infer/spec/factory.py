@@ -15,6 +15,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from infer.cache.paged import PagedKVCacheManager
 from infer.layers.ops import Ops
 from infer.runner import KVSpec, ModelRunner
 from infer.sampling import Sampler
@@ -65,8 +66,6 @@ def _draft_runner(
         )
     kv = KVSpec(-(-tokens // bs), bs, num_layers, num_kv_heads, head_dim, target.kv.dtype)
     backend = instantiate(target.attention.backend)
-    from infer.cache.paged import PagedKVCacheManager
-
     return ModelRunner(model, backend, kv, target.device, layers=layers), PagedKVCacheManager(kv.num_blocks, bs)
 
 
@@ -119,7 +118,7 @@ def self_proposer(
     ``draft_quant`` (a second, smaller copy of the weights)."""
     a = target.model.args  # type: ignore[attr-defined]
     if mode == "layers":
-        skip = set(int(i) for i in (skip_layers or []))
+        skip = {int(i) for i in (skip_layers or [])}
         keep = [i for i in range(a.num_layers) if i not in skip]
         m: torch.nn.Module = LayerSkipModel(target.model, keep)
         layers: list[int] | None = keep
