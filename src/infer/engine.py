@@ -237,7 +237,7 @@ class Engine:
         self.stats.batch_sizes.append(len(batch))
         self.stats.kv_usage.append(self.scheduler.cache.usage())
 
-        accepted = self._verify(batch, rows, logits)
+        accepted = self.runner.agree(self._verify(batch, rows, logits))
         self.stats.verify_time += time.perf_counter() - t1
         self.stats.draft_time += t1 - t0
         self._commit(batch, rows, logits, accepted)

@@ -97,3 +97,8 @@ class ModelRunner:
         )
         rows = torch.tensor(logit_rows, dtype=torch.long, device=self.device)
         return self.model.compute_logits(hidden.index_select(0, rows))
+
+    def agree(self, accepted: dict[int, list[int] | Exception]) -> dict[int, list[int] | Exception]:
+        """Accepted tokens per sequence id as every rank must commit them (one process: as
+        given; ParallelModelRunner: the output rank's)."""
+        return accepted

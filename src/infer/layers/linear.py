@@ -6,6 +6,8 @@ fills each shard through ``weight_loader(param, tensor, shard_id)``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -48,6 +50,9 @@ class Linear(nn.Module):
             self.bias = None
         for p in self.parameters(recurse=False):
             p.weight_loader = self.weight_loader  # type: ignore[attr-defined]
+        # row-parallel layers (tensor parallelism) sum their partial outputs over the ranks
+        # through this Communicator (parallel/shard.py sets it); None = not sharded on inputs
+        self.tp_reduce: Any = None
 
     def shard_offset(self, shard_id: str | None) -> tuple[int, int]:
         """(start, size) of a shard along the output dim; the whole range for None."""
@@ -76,4 +81,9 @@ class Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [T, in_features] -> [T, out_features]."""
-        return self.quant.apply(self, x, self.bias)
+        if self.tp_reduce is None:
+            return self.quant.apply(self, x, self.bias)
+        # row parallel: partial sums over this rank's inputs, summed over the ranks; the bias
+        # is added once, after the sum
+        y = self.tp_reduce.all_reduce_sum(self.quant.apply(self, x, None).contiguous())
+        return y + self.bias if self.bias is not None else y

@@ -8,6 +8,7 @@ separates them through the ForwardContext's metadata.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -145,6 +146,12 @@ class LlamaForCausalLM(nn.Module):
                                      device="meta").to_empty(device=torch.get_default_device())
             self.lm_head.weight.requires_grad_(False)
         self.max_positions = max_positions
+        # parallel runs narrow these (set_stage / shard_vocab); one process keeps them whole
+        self.layer_range = range(args.num_layers)  # the layers this pipeline stage runs
+        self.first_stage = self.last_stage = True
+        self.vocab_shards = [(0, args.vocab_size)]  # (start, size) per tensor rank
+        self.tp_rank = 0
+        self.tp_comm: Any = None  # Communicator of the tensor-parallel group, None = unsharded
         # LM head through the C++ dense kernel on CPU when the quant method asks for it
         # (quant=none's cpu_kernel; methods without the knob keep the [V, H] tensors, which
         # checkpoint writers such as awq_format read); ``head_packed`` is set by
@@ -165,32 +172,95 @@ class LlamaForCausalLM(nn.Module):
         self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext
     ) -> torch.Tensor:
         """input_ids, positions: int64 [T] -> hidden [T, hidden] (model dtype)."""
-        x = self.embed(input_ids)
+        x, residual = self.run_layers(self.embed(input_ids), None, positions, ctx)
+        return self.final_norm(x, residual)
+
+    def run_layers(
+        self, x: torch.Tensor, residual: torch.Tensor | None, positions: torch.Tensor,
+        ctx: ForwardContext,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """This stage's decoder layers: (x, residual) [T, hidden] in -> out (residual None
+        before the first layer of the model)."""
         rope = self.ops.rope_factors(positions, self.cos_sin, x.dtype)
-        residual = None
-        for layer in self.layers:
-            x, residual = layer(x, residual, rope, ctx)
+        for i in self.layer_range:
+            x, residual = self.layers[i](x, residual, rope, ctx)
+        assert residual is not None, "a stage runs at least one layer"
+        return x, residual
+
+    def final_norm(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """Last stage: the final RMSNorm of x + residual -> hidden [T, hidden]."""
         x, _ = self.norm(x, residual)
         return x
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Token embeddings: int64 [T] -> [T, hidden] (model dtype)."""
+        """Token embeddings: int64 [T] -> [T, hidden] (model dtype). Vocab-parallel: each
+        rank looks up the ids in its slice (zeros elsewhere) and the ranks sum, exactly."""
+        if self.tp_comm is None:
+            return self._lookup(input_ids)
+        v0, nv = self.vocab_shards[self.tp_rank]
+        local = input_ids - v0
+        inside = (local >= 0) & (local < nv)
+        x = self._lookup(torch.where(inside, local, 0))
+        x = x * inside.unsqueeze(1).to(x.dtype)
+        return self.tp_comm.all_reduce_sum(x.contiguous())
+
+    def _lookup(self, ids: torch.Tensor) -> torch.Tensor:
         if self.embed_tokens is None:  # tied and packed: the lookup reads the LM head's panels
-            return dense_cpu.unpack_rows(self.head_packed, input_ids, self.args.hidden_size)
-        return self.embed_tokens(input_ids)
+            return dense_cpu.unpack_rows(self.head_packed, ids, self.args.hidden_size)
+        return F.embedding(ids, self.embed_tokens.weight)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden [N, hidden] -> fp32 logits [N, vocab]."""
+        """hidden [N, hidden] -> fp32 logits [N, vocab]. Vocab-parallel: every tensor rank
+        computes its slice and all of them receive the whole (a layer-skipping draft running
+        on the sharded model samples on every rank)."""
+        nv = self.vocab_shards[self.tp_rank][1]
         if self.head_packed is not None:
-            return dense_cpu.packed_linear(hidden, self.head_packed, self.args.vocab_size).float()
-        w = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, w).float()
+            local = dense_cpu.packed_linear(hidden, self.head_packed, nv).float()
+        else:
+            w = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+            local = F.linear(hidden, w).float()
+        if self.tp_comm is None:
+            return local
+        # gather concatenates along dim 0 with equal shapes: send [nv_max, N], padded
+        width = max(n for _, n in self.vocab_shards)
+        send = hidden.new_zeros((width, hidden.shape[0]), dtype=torch.float32)
+        send[:nv] = local.t()
+        got = self.tp_comm.all_gather(send)
+        parts = [got[r * width : r * width + n] for r, (_, n) in enumerate(self.vocab_shards)]
+        return torch.cat(parts).t().contiguous()
+
+    def set_stage(self, layers: range, state: Any) -> None:
+        """Keep only ``layers`` (a pipeline stage): the embedding on the first stage, the
+        final norm and LM head on the last (tied embeddings: the first and the last keep the
+        matrix, each for its own use)."""
+        self.layer_range = layers
+        self.first_stage, self.last_stage = state.is_first_stage, state.is_last_stage
+        for i in range(self.args.num_layers):
+            if i not in layers:
+                self.layers[i] = nn.Identity()  # frees the weights of other stages
+        tied = self.args.tie_word_embeddings
+        if not self.first_stage and not (tied and self.last_stage):
+            self.embed_tokens = None  # type: ignore[assignment]
+        if not self.last_stage:
+            self.lm_head = None
+
+    def shard_vocab(self, shards: list[tuple[int, int]], tp_rank: int, comm: Any) -> None:
+        """Vocab-parallel embedding and LM head: keep rows [start, start + size) of this
+        rank's entry in ``shards`` (one (start, size) per tensor rank)."""
+        self.vocab_shards, self.tp_rank, self.tp_comm = shards, tp_rank, comm
+        v0, nv = shards[tp_rank]
+        for mod in (self.embed_tokens, self.lm_head):
+            if mod is not None:
+                mod.weight = nn.Parameter(mod.weight.data[v0 : v0 + nv].contiguous(), requires_grad=False)
 
     def process_weights_after_loading(self) -> None:
         """Pack the LM head for the CPU dense kernel (``cpu_kernel`` on, CPU, fp32/bf16). Tied
         embeddings keep one copy: the packed matrix, from which the token lookup gathers rows."""
-        tied = self.lm_head is None
-        w = self.embed_tokens.weight if tied else self.lm_head.weight
+        tied = self.args.tie_word_embeddings
+        src = self.embed_tokens if tied else self.lm_head
+        if src is None:  # a pipeline stage without the LM head
+            return
+        w = src.weight
         if not (self.cpu_kernel and dense_cpu.usable(w)):
             return
         self.head_packed = nn.Parameter(dense_cpu.pack(w.data), requires_grad=False)

@@ -64,10 +64,15 @@ def load_model(
     max_positions: int,
     ops: Ops | None = None,
     tokenizer: Any = None,
+    parallel: Any = None,
 ) -> LlamaForCausalLM:
     """Instantiate the family's module from ``folder`` and load its safetensors weights.
     ``ops``: the resolved kernels config (None = all torch). ``tokenizer``: the engine's (for
-    calibration text); None = loaded from ``folder`` only if a quant method asks for it."""
+    calibration text); None = loaded from ``folder`` only if a quant method asks for it.
+    ``parallel``: a ``ParallelState`` with more than one rank: after calibration (on the full
+    model, so scales are the one-process ones) the model is cut to this rank's stage and
+    shard (parallel/shard.py). Loading reads the whole checkpoint on every rank: a transient
+    full copy, freed by the cut."""
     hf_cfg = load_hf_config(folder)
     args = ModelArgs.from_hf(hf_cfg)
     quant.accept_checkpoint(checkpoint_quant_config(hf_cfg))
@@ -87,6 +92,11 @@ def load_model(
                        (lambda: tokenizer) if tokenizer is not None else (lambda: _tokenizer(folder)),
                        getattr(model, "ops", None))
     quant.prepare_model(model, ctx)
+    if parallel is not None and parallel.world_size > 1:
+        from infer.parallel.shard import shard_model
+
+        shard_model(model, parallel)
+        return model.eval()
     for m in model.modules():
         if isinstance(m, Linear):
             m.quant.process_weights_after_loading(m)

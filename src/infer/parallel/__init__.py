@@ -1,1 +1,1 @@
-"""Parallelism: ParallelContext and strategies."""
+"""Parallelism: tensor and pipeline parallel state, sharding, runner, communicators."""

@@ -53,6 +53,10 @@ class QuantMethod(Protocol):
     """
 
     name: str
+    # True when process_weights_after_loading works per output row and input group only
+    # (packing, group-wise rounding): tensor parallelism then shards the full-precision weight
+    # first and processes the shard; False: it processes the full matrix and shards the result
+    shard_local: bool
 
     def accept_checkpoint(self, quant_config: dict[str, Any] | None) -> None:
         """Check the checkpoint's ``quantization_config`` (config.json) before any weight is
@@ -85,6 +89,7 @@ class QuantMethodBase:
     ``process_weights_after_loading`` and ``apply`` (see int8.py for a 40-line example)."""
 
     name = "base"
+    shard_local = False  # see QuantMethod.shard_local
 
     def accept_checkpoint(self, quant_config: dict[str, Any] | None) -> None:
         reject_quantized_checkpoint(self.name, quant_config)

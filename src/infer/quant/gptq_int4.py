@@ -52,6 +52,7 @@ class GPTQInt4(Int4WeightOnly):
     """
 
     name = "gptq"
+    shard_local = False  # the rounding (prepare_model) saw the whole layer: shard its result
 
     def __init__(
         self,

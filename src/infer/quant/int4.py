@@ -39,6 +39,7 @@ class Int4WeightOnly(QuantMethodBase):
     """
 
     name = "int4"
+    shard_local = True  # rounding is per (output row, input group)
 
     def __init__(self, group_size: int = 64) -> None:
         if int(group_size) <= 0:

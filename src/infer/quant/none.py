@@ -23,6 +23,7 @@ class NoQuant(QuantMethodBase):
     (they register the same ``weight`` through ``create_weights``)."""
 
     name = "none"
+    shard_local = True  # processing only packs rows into panels
 
     def __init__(self, cpu_kernel: bool = True) -> None:
         # read by the model too: its (always unquantized) LM head follows the same choice
