@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import hydra
@@ -13,10 +14,14 @@ from omegaconf import DictConfig
 @hydra.main(config_path="configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from infer.build import build
+    from infer.parallel.launch import spmd_engine
 
-    engine = build(cfg)
-    task = get_method(cfg.task.fn)
-    metrics = task(engine, cfg)
+    # under torchrun/SLURM every rank builds; rank 0 runs the task, the others replay its calls
+    with spmd_engine(cfg, build) as engine:
+        if engine is None:
+            return  # a worker rank: nothing to print or write
+        task = get_method(cfg.task.fn)
+        metrics = task(engine, cfg)
     metrics.update({"model": cfg.model.name, "attention": cfg.attention.name,
                     "quant": cfg.quant.name, "spec": cfg.spec.name, "kernels": cfg.kernels.name})
     sink = instantiate(cfg.logger.sink)
@@ -25,4 +30,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from infer.parallel.launch import quiet_worker_overrides
+
+    sys.argv += quiet_worker_overrides()  # ranks > 0 of torchrun: no run folder of their own
     main()

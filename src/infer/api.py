@@ -8,6 +8,7 @@ from typing import Any
 
 from infer.build import build
 from infer.config_loader import compose_config, group_options
+from infer.parallel.executor import start_engine
 from infer.outputs import RequestOutput
 from infer.sampling_params import SamplingParams
 
@@ -22,6 +23,9 @@ class LLM:
             or a path / hub id (loaded through ``model=hf``).
         attention, quant, spec, parallel, kernels: config-group option names (None = the
             default in configs/config.yaml).
+        tp_size, pp_size, comm: ``parallel.*`` keys. With more than one rank and no launcher
+            (no RANK in the environment), this process becomes rank 0 and starts the other
+            ranks itself; ``shutdown()``, ``del`` or interpreter exit stops them.
         dtype: model dtype override ("float32" | "bfloat16" | "float16").
         threads: torch intra-op threads (default: cores this process may use).
         overrides: extra Hydra overrides, e.g. ["attention.block_size=32"].
@@ -41,6 +45,9 @@ class LLM:
         quant: str | None = None,
         spec: str | None = None,
         parallel: str | None = None,
+        tp_size: int | None = None,
+        pp_size: int | None = None,
+        comm: str | None = None,
         kernels: str | None = None,
         dtype: str | None = None,
         threads: int | None = None,
@@ -70,13 +77,22 @@ class LLM:
             values["model.tokenizer"] = tokenizer
         if skip_tokenizer_init is not None:
             values["skip_tokenizer_init"] = bool(skip_tokenizer_init)
+        for key, val in (("tp_size", tp_size), ("pp_size", pp_size), ("comm", comm)):
+            if val is not None:
+                values[f"parallel.{key}"] = val
         self.config = compose_config(ov + list(overrides or []), values)
-        self.engine = build(self.config)
+        # several ranks: rank 0's DriverEngine (the same interface) and the workers' owner
+        self.engine, self._executor = start_engine(self.config, build)
         # outputs of requests that finished during a step another consumer (a generate call,
         # another stream) ran: kept here until their own consumer collects them
         self._mailbox: dict[str, RequestOutput] = {}
         self._live: set[str] = set()  # requests of generate/stream calls not yet collected
         self.model_path: Path = self.engine.model_path  # type: ignore[assignment]
+
+    def shutdown(self) -> None:
+        """Stop the worker processes of a multi-process LLM (no-op otherwise; idempotent)."""
+        if self._executor is not None:
+            self._executor.shutdown()
 
     def get_tokenizer(self) -> Any:
         return self.engine.tokenizer
