@@ -7,6 +7,7 @@ import random
 import time
 from typing import Any
 
+from infer.eval.comm_metrics import comm_delta, comm_snapshot
 from infer.eval.latency import summarize
 from infer.eval.memory import PeakMemory
 from infer.eval.progress import progress
@@ -45,7 +46,8 @@ def run_requests(
     actually run, recomputation included), prefix-cache counters of this run
     (cached_prompt_tokens, evictions, prefix_hit_rate), the speculation columns of this run
     (``spec_metrics.SPEC_COLUMNS``: drafted, accepted, acceptance rate and length, draft and
-    verify time), ``_outputs`` (the RequestOutputs in workload order) and ``_steps``: one
+    verify time), the communication columns of this run (``comm_metrics.COMM_COLUMNS``:
+    collective time per step, all-reduced bytes per token; zeros in one process), ``_outputs`` (the RequestOutputs in workload order) and ``_steps``: one
     dict per engine step (batch_size, kv_usage, step_ms, new_tokens, tok_s, drafted,
     accepted).
     """
@@ -67,6 +69,7 @@ def run_requests(
     pre0 = engine.scheduler.num_preemptions
     cache0 = _cache_stats(engine)
     spec0 = snapshot(stats)
+    comm0 = comm_snapshot(engine)
     mem = PeakMemory(engine.runner.device)
     rid_idx: dict[str, int] = {}
     done: dict[int, Any] = {}
@@ -135,6 +138,8 @@ def run_requests(
         seen = cache1.get("prompt_tokens", 0.0) - cache0.get("prompt_tokens", 0.0)
         m["prefix_hit_rate"] = m["cached_prompt_tokens"] / max(seen, 1.0)
     m.update(spec_delta(spec0, snapshot(stats)))
+    fed = m["computed_prompt_tokens"] + m["engine_output_tokens"]
+    m.update(comm_delta(comm0, comm_snapshot(engine), m["steps"], fed, elapsed))
     m["_outputs"] = outs_in_order
     m["_steps"] = steps
     return m

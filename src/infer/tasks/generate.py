@@ -8,6 +8,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from infer.engine import Engine
+from infer.eval.comm_metrics import comm_delta, comm_snapshot
 from infer.sampling_params import SamplingParams
 
 
@@ -33,6 +34,11 @@ def _workload_prompts(engine: Engine, cfg: DictConfig, use_chat: bool) -> list[t
     return [(r.prompt or tok.decode(r.prompt_token_ids), r.prompt_token_ids) for r in reqs]
 
 
+def _fed(engine: Engine) -> float:
+    """Tokens the model has run so far (prompt tokens computed + output tokens)."""
+    return float(engine.stats.computed_prompt_tokens + engine.stats.output_tokens)
+
+
 def run(engine: Engine, cfg: DictConfig) -> dict[str, Any]:
     """Generate for every prompt of ``cfg.workload`` (its ``prompts``, or its generator's
     requests); print them; return metrics."""
@@ -44,6 +50,7 @@ def run(engine: Engine, cfg: DictConfig) -> dict[str, Any]:
     )
     use_chat = bool(t.chat) and getattr(tok, "chat_template", None)
     start = time.perf_counter()
+    comm0, steps0, fed0 = comm_snapshot(engine), engine.stats.steps, _fed(engine)
     rids = []
     for p, ids in _workload_prompts(engine, cfg, bool(use_chat)):
         rids.append(engine.add_request(p, ids, params))
@@ -57,7 +64,10 @@ def run(engine: Engine, cfg: DictConfig) -> dict[str, Any]:
     for rid in rids:
         o = done[rid]
         print(f"\n>>> {o.prompt}\n{o.outputs[0].text}")
+    comm = comm_delta(comm0, comm_snapshot(engine), engine.stats.steps - steps0,
+                      _fed(engine) - fed0, elapsed)
     return {
+        **comm,
         "task": "generate",
         "num_requests": len(rids),
         "output_tokens": n_out,
