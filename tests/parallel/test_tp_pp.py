@@ -94,8 +94,8 @@ def test_tiny_tp2_pp2_four_processes(tiny_checkpoint, tmp_path: Path) -> None:
 
 
 def test_smollm2_tp2_pp2(tokenizer_dir: Path, tmp_path: Path) -> None:
-    """SmolLM2: 9 query / 3 KV heads split 6 + 3 over two ranks; int8 and awq weights;
-    preemption in a small KV cache; n-gram speculation; seeded sampling agrees on all ranks."""
+    """SmolLM2: 9 query / 3 KV heads split 6 + 3 over two ranks; int8 and awq weights; int8
+    and fp8 KV caches; preemption in a small KV cache; n-gram speculation; seeded sampling."""
     f = tokenizer_dir
     small = {"kv_cache_tokens": 256, "max_model_len": 256}
     cases = [
@@ -105,6 +105,8 @@ def test_smollm2_tp2_pp2(tokenizer_dir: Path, tmp_path: Path) -> None:
         case("tp2-preempt", f, ["parallel=tp"], **small),
         case("tp2-ngram", f, ["parallel=tp", "spec=ngram"]),
         case("tp2-ngram-seeded", f, ["parallel=tp", "spec=ngram"]),
+        case("tp2-kv-int8", f, ["parallel=tp", "kv_cache_dtype=int8"]),
+        case("pp2-kv-fp8", f, ["parallel=pp", "kv_cache_dtype=fp8"]),
     ]
     # sampled: a flip needs a uniform draw within float noise of a CDF boundary (~1e-6)
     cases[5]["params"] = {"temperature": 0.8, "top_p": 0.9, "seed": 7, "max_tokens": 16, "ignore_eos": True}
