@@ -24,6 +24,7 @@ from infer.parallel.comm.local import free_port
 
 ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 JOIN_TIMEOUT_S = 30.0  # how long shutdown waits for a worker to leave before terminating it
+_OWNERS: list[weakref.finalize] = []  # shutdowns of this process's executors (alive = running)
 
 
 def rank_env(rank: int, world: int, port: int) -> dict[str, str]:
@@ -44,7 +45,7 @@ def _worker_main(cfg_yaml: str, rank: int, world: int, port: int) -> None:
             worker_loop(engine, control_group())
         finally:
             engine.parallel.close()
-    except BaseException:
+    except BaseException:  # noqa: BLE001 (any failure: print it, exit non-zero for the driver)
         print(f"parallel worker rank {rank} of {world} failed:\n{traceback.format_exc()}",
               file=sys.stderr, flush=True)
         raise SystemExit(1) from None
@@ -72,15 +73,16 @@ class LocalExecutor:
         for p in self.procs:
             p.start()
         os.environ.update(rank_env(0, world, self.port))
-        self._stop_box: list[Callable[[], None]] = []  # the driver's stop, once it exists
+        self._stop_box: list[Callable[[bool], None]] = []  # the driver's stop, once it exists
         # the finalizer holds only what it needs (never self), so `del` of the owner runs it
         self._finalizer = weakref.finalize(self, _shutdown, self.procs, self._saved_env,
                                            self._stop_box)
         self._finalizer.atexit = True
+        _OWNERS.append(self._finalizer)
 
-    def attach(self, stop: Callable[[], None]) -> None:
-        """Register what sends "stop" to the workers and releases rank 0's communicators
-        (run at shutdown while every worker is alive). It must not reference the owner."""
+    def attach(self, stop: Callable[[bool], None]) -> None:
+        """Register ``stop(send)``: sends "stop" to the workers when ``send`` (all alive) and
+        releases rank 0's communicators; run once at shutdown. It must not reference the owner."""
         self._stop_box.append(stop)
 
     def health(self) -> Callable[[], None]:
@@ -105,11 +107,12 @@ class LocalExecutor:
 
 
 def _shutdown(procs: list[Any], saved_env: dict[str, str | None], stop_box: list[Any]) -> None:
-    """Send "stop" if every worker still runs, join them, terminate (then kill) stragglers,
+    """Send "stop" if every worker still runs (to a dead one the send could hang), join them,
+    terminate (then kill) stragglers,
     destroy rank 0's process group and restore its environment."""
-    if stop_box and all(p.is_alive() for p in procs):
+    if stop_box:
         try:
-            stop_box[0]()
+            stop_box[0](all(p.is_alive() for p in procs))
         except Exception as e:  # noqa: BLE001 (a broken group: the workers are terminated below)
             print(f"parallel: could not send stop to the workers: {e}", file=sys.stderr)
     for p in procs:
@@ -140,6 +143,11 @@ def start_engine(cfg: DictConfig, build: Callable[[DictConfig], Any]) -> tuple[A
     it (no RANK in the environment), spawn the workers first and return rank 0's
     ``DriverEngine`` with the executor that owns them. Otherwise ``(build(cfg), None)``."""
     world = world_of(cfg)
+    _OWNERS[:] = [f for f in _OWNERS if f.alive]
+    if world > 1 and _OWNERS:
+        # the process group is per process: a second group cannot be joined beside the first
+        raise RuntimeError("parallel: this process already drives a multi-process LLM; call "
+                           "its shutdown() (or del it) before building another")
     if world == 1 or "RANK" in os.environ or dist.is_initialized():
         return build(cfg), None  # one process, or every rank already runs this code (SPMD)
     from infer.parallel.driver import DriverEngine, control_group
@@ -152,9 +160,10 @@ def start_engine(cfg: DictConfig, build: Callable[[DictConfig], Any]) -> tuple[A
         ex.shutdown()
         raise
 
-    def stop() -> None:
+    def stop(send: bool) -> None:
         try:
-            driver.stop()
+            if send:
+                driver.stop()
         finally:
             driver.engine.parallel.close()
 

@@ -28,7 +28,7 @@ def first_node(nodelist: str) -> str | None:
     """First host of a SLURM node list ("n1,n2", "gpu[03-05,9]", "a-[1,4]-x,b1"); None if the
     form is not one of these."""
     m = re.match(r"^([^,\[\]]*)(?:\[([^\]]+)\]([^,]*))?(?:,|$)", nodelist.strip())
-    if m is None or not (m.group(1) or m.group(2)):
+    if m is None or not m.group(1):  # a host name starts with its prefix
         return None
     prefix, ranges, suffix = m.group(1), m.group(2), m.group(3) or ""
     if ranges is None:
