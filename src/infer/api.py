@@ -8,8 +8,8 @@ from typing import Any
 
 from infer.build import build
 from infer.config_loader import compose_config, group_options
-from infer.parallel.executor import start_engine
 from infer.outputs import RequestOutput
+from infer.parallel.executor import start_engine
 from infer.sampling_params import SamplingParams
 
 PromptType = str | dict[str, Any]
