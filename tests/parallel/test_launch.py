@@ -94,6 +94,17 @@ def test_two_nodes_by_rendezvous_equal_one_process(folder: str, ref: str, tmp_pa
     _check_run(tmp_path, tmp_path / "run", ref)
 
 
+def test_submitit_sweep_point_runs_two_tasks(folder: str, ref: str, tmp_path: Path) -> None:
+    """The same path as hydra/launcher=slurm: one sweep point, tasks_per_node=2 processes."""
+    args = [a for a in _args(folder, tmp_path / "run") if not a.startswith("hydra.run.dir")]
+    cmd = [sys.executable, *args[:1], "-m", "hydra/launcher=local",
+           "hydra.launcher.tasks_per_node=2", f"hydra.sweep.dir={tmp_path / 'sweep'}", *args[1:]]
+    out = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True,
+                         timeout=240, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads((tmp_path / "sweep" / "0" / "metrics.json").read_text())["tokens"] == ref
+
+
 SLURM = {"SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "12345",
          "SLURM_JOB_NUM_NODES": "2", "SLURM_NTASKS_PER_NODE": "2",
          "SLURM_JOB_NODELIST": "gpu-[07-08]"}
