@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from infer.parallel.state import require_one_process
 from infer.sampling_params import SamplingParams
 from infer.scheduler import ScheduledSeq
 from infer.sequence import SeqStatus, Sequence
@@ -42,6 +43,7 @@ def score_tokens(engine: Any, token_ids: list[int], chunk: int | None = None) ->
         raise ValueError(
             f"window of {n} tokens exceeds engine.max_model_len={max_len}; lower eval.window"
         )
+    require_one_process(engine, "scoring (task=eval, lm-eval loglikelihood)")
     step = int(chunk) if chunk else n
     cache = engine.scheduler.cache
     seq = Sequence(

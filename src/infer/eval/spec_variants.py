@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from infer.config_loader import compose_config
+from infer.parallel.state import require_one_process
 from infer.spec.factory import TargetContext, build_spec
 from infer.utils import parse_dtype
 
@@ -54,6 +55,7 @@ def build_policy(option: str, overrides: list[str] | None = None) -> Any:
 
 def use_variant(engine: Any, proposer: Any, policy: Any) -> None:
     """Make ``engine`` speculate with ``proposer``/``policy`` from its next step on."""
+    require_one_process(engine, "use_variant (swapping the proposer)")
     if engine.has_unfinished():
         raise RuntimeError("use_variant: the engine has unfinished requests; swap only when idle")
     engine.proposer = proposer

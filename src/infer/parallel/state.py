@@ -125,6 +125,18 @@ class ParallelState:
         self.world_comm.close()
 
 
+def require_one_process(engine: object, what: str) -> None:
+    """Raise a clear error if ``engine`` spans several processes: ``what`` drives the runner
+    or swaps engine parts directly, which only rank 0 would do (the ranks would leave
+    lockstep)."""
+    par = getattr(engine, "parallel", None)
+    if par is not None and par.world_size > 1:
+        raise ValueError(
+            f"{what} runs on one process only; this engine has parallel.tp_size={par.tp_size} x "
+            f"parallel.pp_size={par.pp_size} ranks: use parallel=single for it"
+        )
+
+
 def single() -> ParallelState:
     """The one-process state (``parallel=single``)."""
     return ParallelState()
