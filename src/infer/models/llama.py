@@ -7,7 +7,7 @@ separates them through the ForwardContext's metadata.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -269,11 +269,16 @@ class LlamaForCausalLM(nn.Module):
         else:
             self.lm_head = None  # type: ignore[assignment]
 
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]],
+                     on_loaded: Callable[[str], bool] | None = None) -> set[str]:
         """Copy checkpoint tensors (HF names) into parameters, one at a time.
 
         Returns the set of parameter names that were filled; raises on unknown names.
+        ``on_loaded(name)`` is called after each (names as in ``expected_weights``); it
+        returns True when it replaced that tensor's decoder layer (its old tensors are dropped).
         """
+        # names -> parameters; a cut layer (on_loaded) drops its entries so its full-size
+        # tensors are freed at once
         params = dict(self.named_parameters())
         loaded: set[str] = set()
         for name, tensor in weights:
@@ -300,7 +305,12 @@ class LlamaForCausalLM(nn.Module):
                         f"model expects {tuple(p.shape)}"
                     )
                 p.data.copy_(tensor)
-            loaded.add(name if shard is None else f"{name}:{shard}")
+            key = name if shard is None else f"{name}:{shard}"
+            loaded.add(key)
+            if on_loaded is not None and on_loaded(key):
+                prefix = ".".join(name.split(".")[:2]) + "."  # "layers.<i>."
+                for n in [n for n in params if n.startswith(prefix)]:
+                    del params[n]
         return loaded
 
     def expected_weights(self) -> set[str]:

@@ -71,8 +71,8 @@ def load_model(
     calibration text); None = loaded from ``folder`` only if a quant method asks for it.
     ``parallel``: a ``ParallelState`` with more than one rank: after calibration (on the full
     model, so scales are the one-process ones) the model is cut to this rank's stage and
-    shard (parallel/shard.py). Loading reads the whole checkpoint on every rank: a transient
-    full copy, freed by the cut."""
+    shard (parallel/shard.py). Methods that calibrate on the full model (``quant.calibrates``)
+    hold it whole until then; the others cut each layer as soon as it is loaded."""
     hf_cfg = load_hf_config(folder)
     args = ModelArgs.from_hf(hf_cfg)
     quant.accept_checkpoint(checkpoint_quant_config(hf_cfg))
@@ -80,8 +80,14 @@ def load_model(
     # "meta", because to_empty() would drop the per-parameter loader/sharding attributes
     with torch.device(device):
         model = LlamaForCausalLM(args, quant, dtype, max_positions, ops)
-    loaded = model.load_weights(iter_safetensors(folder))
-    missing = sorted(checkpoint_name(n) for n in model.expected_weights() - loaded)
+    cutter = None
+    if parallel is not None and parallel.world_size > 1 and not getattr(quant, "calibrates", False):
+        from infer.parallel.shard import LayerCutter
+
+        cutter = LayerCutter(model, parallel)  # each layer cut to this rank once it is filled
+    expected = model.expected_weights()  # before any cut renames a parameter
+    loaded = model.load_weights(iter_safetensors(folder), cutter.on_loaded if cutter else None)
+    missing = sorted(checkpoint_name(n) for n in expected - loaded)
     if missing:
         raise CheckpointError(
             f"checkpoint in {folder} is incomplete: {len(missing)} tensors missing, "
@@ -95,7 +101,7 @@ def load_model(
     if parallel is not None and parallel.world_size > 1:
         from infer.parallel.shard import shard_model
 
-        shard_model(model, parallel)
+        shard_model(model, parallel, cutter.done if cutter else None)
         return model.eval()
     for m in model.modules():
         if isinstance(m, Linear):

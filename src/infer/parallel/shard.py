@@ -80,37 +80,76 @@ def _linear(lin: Linear, name: str, out_ranges: list[Range] | None, in_range: Ra
         shard_linear(lin, name, out_ranges, in_range)
 
 
-def shard_model(model: nn.Module, state: ParallelState) -> None:
-    """Keep this rank's layers (pipeline) and shards (tensor), then process the weights
-    (quantize / pack). Replaces the loader's per-Linear processing step for parallel runs;
-    ``quant.prepare_model`` (calibration) has already run on the full model."""
+def cut_layer(model: nn.Module, idx: int, state: ParallelState) -> None:
+    """Cut decoder layer ``idx`` to this rank: drop it if another stage runs it, else shard
+    (tensor parallel) and process its Linear layers."""
     a = model.args  # type: ignore[attr-defined]
     tp, r = state.tp_size, state.tp_rank
-    layers = stage_layers(a.num_layers, state.pp_size, state.pp_rank)
-    model.set_stage(layers, state)  # type: ignore[attr-defined]
-    hd = a.head_dim
-    inter_unit = split_unit(a.intermediate_size, tp)
-    i0, ni = even_split(a.intermediate_size, tp, r, inter_unit)
-    for idx in layers:
-        layer = model.layers[idx]  # type: ignore[index]
-        attn, mlp, pre = layer.self_attn, layer.mlp, f"layers.{idx}"
-        if tp == 1:
-            for lin in (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj):
-                _process(lin)
-            continue
-        hs = head_shard(a.num_heads, a.num_kv_heads, tp, r)
-        nq, nkv = a.num_heads * hd, a.num_kv_heads * hd
-        qkv = [(hs.q_start * hd, hs.num_q * hd), (nq + hs.kv_start * hd, hs.num_kv * hd),
-               (nq + nkv + hs.kv_start * hd, hs.num_kv * hd)]
-        _linear(attn.qkv_proj, f"{pre}.self_attn.qkv_proj", qkv, None)
-        _linear(attn.o_proj, f"{pre}.self_attn.o_proj", None, (hs.q_start * hd, hs.num_q * hd))
-        attn.o_proj.tp_reduce = state.tp_comm
-        attn.nh, attn.nkv = hs.num_q, hs.num_kv
-        inter = a.intermediate_size
-        _linear(mlp.gate_up_proj, f"{pre}.mlp.gate_up_proj", [(i0, ni), (inter + i0, ni)], None)
-        _linear(mlp.down_proj, f"{pre}.mlp.down_proj", None, (i0, ni))
-        mlp.down_proj.tp_reduce = state.tp_comm
-        mlp.inter = ni
+    if idx not in stage_layers(a.num_layers, state.pp_size, state.pp_rank):
+        model.layers[idx] = nn.Identity()  # type: ignore[index]  (frees another stage's weights)
+        return
+    layer = model.layers[idx]  # type: ignore[index]
+    attn, mlp, pre = layer.self_attn, layer.mlp, f"layers.{idx}"
+    if tp == 1:
+        for lin in (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj):
+            _process(lin)
+        return
+    hd, inter = a.head_dim, a.intermediate_size
+    hs = head_shard(a.num_heads, a.num_kv_heads, tp, r)
+    nq, nkv = a.num_heads * hd, a.num_kv_heads * hd
+    qkv = [(hs.q_start * hd, hs.num_q * hd), (nq + hs.kv_start * hd, hs.num_kv * hd),
+           (nq + nkv + hs.kv_start * hd, hs.num_kv * hd)]
+    _linear(attn.qkv_proj, f"{pre}.self_attn.qkv_proj", qkv, None)
+    _linear(attn.o_proj, f"{pre}.self_attn.o_proj", None, (hs.q_start * hd, hs.num_q * hd))
+    attn.o_proj.tp_reduce = state.tp_comm
+    attn.nh, attn.nkv = hs.num_q, hs.num_kv
+    i0, ni = even_split(inter, tp, r, split_unit(inter, tp))
+    _linear(mlp.gate_up_proj, f"{pre}.mlp.gate_up_proj", [(i0, ni), (inter + i0, ni)], None)
+    _linear(mlp.down_proj, f"{pre}.mlp.down_proj", None, (i0, ni))
+    mlp.down_proj.tp_reduce = state.tp_comm
+    mlp.inter = ni
+
+
+class LayerCutter:
+    """Cuts each decoder layer as soon as the loader has filled all of its tensors, so a rank
+    never holds more than its shard plus one full layer (``on_loaded`` is the loader's
+    per-tensor callback). Only for methods that need no full-model calibration."""
+
+    def __init__(self, model: nn.Module, state: ParallelState) -> None:
+        self.model, self.state = model, state
+        self.left: dict[int, set[str]] = {}
+        for name in model.expected_weights():  # type: ignore[attr-defined]
+            if name.startswith("layers."):
+                self.left.setdefault(int(name.split(".")[1]), set()).add(name)
+        self.done: set[int] = set()
+
+    def on_loaded(self, name: str) -> bool:
+        """Record one loaded tensor; True when that completed (and cut) its layer."""
+        if not name.startswith("layers."):
+            return False
+        idx = int(name.split(".")[1])
+        left = self.left.get(idx)
+        if left is None or idx in self.done:
+            return False
+        left.discard(name)
+        if left:
+            return False
+        cut_layer(self.model, idx, self.state)
+        self.done.add(idx)
+        return True
+
+
+def shard_model(model: nn.Module, state: ParallelState, done: set[int] | None = None) -> None:
+    """Keep this rank's layers (pipeline) and shards (tensor), then process the weights
+    (quantize / pack). Replaces the loader's per-Linear processing step for parallel runs;
+    ``quant.prepare_model`` (calibration) has already run on the full model. ``done``: layers
+    a ``LayerCutter`` already cut while loading."""
+    a = model.args  # type: ignore[attr-defined]
+    tp, r = state.tp_size, state.tp_rank
+    for idx in range(a.num_layers):
+        if idx not in (done or set()):
+            cut_layer(model, idx, state)
+    model.set_stage(stage_layers(a.num_layers, state.pp_size, state.pp_rank), state)  # type: ignore[attr-defined]
     if tp > 1:
         unit = split_unit(a.vocab_size, tp)
         shards = [even_split(a.vocab_size, tp, i, unit) for i in range(tp)]

@@ -78,6 +78,11 @@ class AWQ(Int4WeightOnly):
         self.calib = cal.CalibConfig.from_any(calib)
         self.cache_dir = cal.resolve_cache_dir(cache_dir)
 
+    @property
+    def calibrates(self) -> bool:  # type: ignore[override]
+        """Scale and clip searches need the full model, unless the checkpoint is pre-quantized."""
+        return not self.prequantized
+
     def accept_checkpoint(self, quant_config: dict[str, Any] | None) -> None:
         if not quant_config:
             self.prequantized = False

@@ -57,6 +57,10 @@ class QuantMethod(Protocol):
     # (packing, group-wise rounding): tensor parallelism then shards the full-precision weight
     # first and processes the shard; False: it processes the full matrix and shards the result
     shard_local: bool
+    # True when prepare_model calibrates on the full model's activations: tensor/pipeline
+    # parallel loading then keeps the whole model until calibration is done; False lets it cut
+    # every layer to the rank's shard as soon as the layer is loaded
+    calibrates: bool
 
     def accept_checkpoint(self, quant_config: dict[str, Any] | None) -> None:
         """Check the checkpoint's ``quantization_config`` (config.json) before any weight is
@@ -90,6 +94,7 @@ class QuantMethodBase:
 
     name = "base"
     shard_local = False  # see QuantMethod.shard_local
+    calibrates = False  # see QuantMethod.calibrates
 
     def accept_checkpoint(self, quant_config: dict[str, Any] | None) -> None:
         reject_quantized_checkpoint(self.name, quant_config)

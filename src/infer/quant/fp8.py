@@ -84,6 +84,7 @@ class FP8WeightAct(QuantMethodBase):
         self.use_scaled_mm = bool(use_scaled_mm)
         self.act_quant = bool(act_quant)
         self.rounding = rounding
+        self.calibrates = rounding == "gptq"  # GPTQ rounding runs on calibration activations
         self.gptq = GPTQSettings.build(damp, block_size, act_order, calib, cache_dir)
         self.ops: Any = None
 

@@ -53,6 +53,7 @@ class GPTQInt4(Int4WeightOnly):
 
     name = "gptq"
     shard_local = False  # the rounding (prepare_model) saw the whole layer: shard its result
+    calibrates = True  # GPTQ rounding runs on calibration activations
 
     def __init__(
         self,

@@ -45,6 +45,7 @@ class W8A8Int8(QuantMethodBase):
         if not 0.0 <= float(alpha) <= 1.0:
             raise ValueError(f"quant.alpha must be in [0, 1], got {alpha}")
         self.alpha = float(alpha)
+        self.calibrates = self.alpha != 0.0  # SmoothQuant statistics of the full model
         self.calib = cal.CalibConfig.from_any(calib)
         self.cache_dir = cal.resolve_cache_dir(cache_dir)
         self.ops: Any = None
