@@ -95,7 +95,7 @@ def test_tiny_tp2_pp2_four_processes(tiny_checkpoint, tmp_path: Path) -> None:
 
 def test_smollm2_tp2_pp2(tokenizer_dir: Path, tmp_path: Path) -> None:
     """SmolLM2: 9 query / 3 KV heads split 6 + 3 over two ranks; int8 and awq weights; int8
-    and fp8 KV caches; preemption in a small KV cache; n-gram speculation; seeded sampling."""
+    and fp8 KV caches; preemption in a small KV cache; n-gram and layer-skip speculation; seeded sampling."""
     f = tokenizer_dir
     small = {"kv_cache_tokens": 256, "max_model_len": 256}
     cases = [
@@ -106,6 +106,7 @@ def test_smollm2_tp2_pp2(tokenizer_dir: Path, tmp_path: Path) -> None:
         case("tp2-ngram", f, ["parallel=tp", "spec=ngram"]),
         case("tp2-ngram-seeded", f, ["parallel=tp", "spec=ngram"]),
         case("tp2-kv-int8", f, ["parallel=tp", "kv_cache_dtype=int8"]),
+        case("tp2-self-layers", f, ["parallel=tp", "spec=self"]),  # drafts on the sharded layers
         case("pp2-kv-fp8", f, ["parallel=pp", "kv_cache_dtype=fp8"]),
     ]
     # sampled: a flip needs a uniform draw within float noise of a CDF boundary (~1e-6)

@@ -126,5 +126,7 @@ def self_proposer(
         m, layers = _load_draft(target, None, draft_quant), None
     else:
         raise ValueError(f"spec.mode={mode!r} is invalid; allowed: layers, quant")
-    runner, cache = _draft_runner(target, m, a.num_layers, a.num_kv_heads, a.head_dim, kv_cache_tokens, layers)
+    # layers mode runs the target's own (possibly tensor-sharded) layers: this rank's KV heads
+    kv_heads = target.kv.num_kv_heads if mode == "layers" else a.num_kv_heads
+    runner, cache = _draft_runner(target, m, a.num_layers, kv_heads, a.head_dim, kv_cache_tokens, layers)
     return DraftModelProposer(num_tokens, runner, cache, target.sampler, name=f"self-{mode}")
