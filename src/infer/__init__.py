@@ -14,10 +14,10 @@ import torch as _torch
 if not _torch.cuda.is_available():
     _os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from infer.api import LLM  # noqa: E402
-from infer.build import build  # noqa: E402
-from infer.config_loader import compose_config  # noqa: E402
-from infer.outputs import CompletionOutput, RequestOutput  # noqa: E402
-from infer.sampling_params import SamplingParams  # noqa: E402
+from infer.api import LLM
+from infer.build import build
+from infer.config_loader import compose_config
+from infer.outputs import CompletionOutput, RequestOutput
+from infer.sampling_params import SamplingParams
 
-__all__ = ["LLM", "SamplingParams", "RequestOutput", "CompletionOutput", "build", "compose_config"]
+__all__ = ["LLM", "CompletionOutput", "RequestOutput", "SamplingParams", "build", "compose_config"]

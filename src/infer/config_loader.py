@@ -37,7 +37,7 @@ def compose_config(overrides: list[str] | None = None, values: dict[str, Any] | 
         parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
         # keys(), not `in`: OmegaConf's `in` is False for a key whose value is still
         # missing (???), which is exactly the case for model.path under model=hf
-        if not isinstance(parent, DictConfig) or leaf not in parent.keys():
+        if not isinstance(parent, DictConfig) or leaf not in parent.keys():  # noqa: SIM118
             allowed = sorted(parent.keys()) if isinstance(parent, DictConfig) else []
             raise ValueError(f"unknown option {key!r}; valid keys here: {allowed}")
         with open_dict(cfg):

@@ -50,7 +50,7 @@ def iter_safetensors(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
         except Exception as e:  # safetensors raises its own error types for bad headers
             raise CheckpointError(f"cannot read {f}: corrupt or truncated safetensors ({e})") from e
         with handle:
-            for name in handle.keys():
+            for name in handle.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
                 try:
                     t = handle.get_tensor(name)
                 except Exception as e:

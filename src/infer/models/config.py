@@ -34,7 +34,7 @@ class ModelArgs:
     eos_token_ids: tuple[int, ...]
 
     @staticmethod
-    def from_hf(cfg: Any) -> "ModelArgs":
+    def from_hf(cfg: Any) -> ModelArgs:
         """Build from a transformers PretrainedConfig (or anything with the same attributes)."""
         mt = getattr(cfg, "model_type", None)
         if mt not in SUPPORTED_MODEL_TYPES:

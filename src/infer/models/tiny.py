@@ -12,20 +12,20 @@ import torch
 
 TINY_FAMILIES = ("llama", "llama3", "mistral", "qwen2", "qwen3")
 
-_COMMON = dict(
-    vocab_size=49152,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=2048,
-    rms_norm_eps=1e-6,
+_COMMON = {
+    "vocab_size": 49152,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 2048,
+    "rms_norm_eps": 1e-6,
     # larger than the usual 0.02 so logits are peaked and greedy ties are implausible
-    initializer_range=0.1,
-    bos_token_id=1,
-    eos_token_id=2,
-)
+    "initializer_range": 0.1,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
 
 
 def tiny_config(family: str):  # type: ignore[no-untyped-def]
