@@ -56,7 +56,7 @@ def test_apply_close_to_fp(method, bound: float, rows: int) -> None:  # type: ig
         assert hasattr(p, "output_dim") or hasattr(p, "input_dim"), "untagged parameter"
 
 
-@pytest.mark.parametrize("method", [Int8WeightOnly(), FP8WeightAct(rounding="nearest"), W8A8Int8(alpha=0.0),
+@pytest.mark.parametrize("method", [Int8WeightOnly(cpu_kernel=False), FP8WeightAct(rounding="nearest"), W8A8Int8(alpha=0.0),
                                     Int4WeightOnly(group_size=64)], ids=["int8", "fp8", "w8a8", "int4"])
 def test_kernel_paths_equal_torch_path(method, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     lin, _, _ = make(method)

@@ -1,6 +1,8 @@
 """Fast unquantized linear on CPU (csrc/dense_linear_cpu.cpp): ``x @ W.T + bias`` for fp32 and
 bf16 on weights packed once into 64-column k-major panels (``pack``), so decode streams each
 matrix as one sequential read and prefill runs a register-blocked GEMM without reductions.
+The same panels of int8 codes with per-column scales serve weight-only int8 on fp32
+activations (``packed_linear_int8``; quant=int8).
 
 Built once with the system C++ compiler through torch.utils.cpp_extension and cached under
 $INFER_CACHE_DIR/torch_extensions (the name carries a hash of the source and of the CPU's
@@ -41,16 +43,17 @@ def usable(w: torch.Tensor) -> bool:
 def pack(w: torch.Tensor) -> torch.Tensor:
     """W [N, K] -> the kernel's panels (a new contiguous tensor; N padded to 64 with zeros).
 
-    fp32: [ceil(N/64), K, 64], element [p, k, j] = W[64p + j, k].
+    fp32 (and int8 codes): [ceil(N/64), K, 64], element [p, k, j] = W[64p + j, k].
     bf16: [ceil(N/64), ceil(K/2), 64, 2], element [p, i, j, t] = W[64p + j, 2i + t] (K padded
     to even with zeros).
     """
     n, k = w.shape
     np_ = -(-n // PANEL)
-    kp = k if w.dtype == torch.float32 else k + (k & 1)
+    pairs = w.dtype == torch.bfloat16
+    kp = k + (k & 1) if pairs else k
     padded = torch.zeros(np_ * PANEL, kp, dtype=w.dtype, device=w.device)
     padded[:n, :k] = w
-    if w.dtype == torch.float32:
+    if not pairs:
         return padded.view(np_, PANEL, kp).transpose(1, 2).contiguous()
     return padded.view(np_, PANEL, kp // 2, 2).permute(0, 2, 1, 3).contiguous()
 
@@ -59,7 +62,7 @@ def unpack_rows(wp: torch.Tensor, rows: torch.Tensor, k: int) -> torch.Tensor:
     """Rows ``rows`` (int64 [T]) of the W [N, K] that ``wp = pack(W)`` holds -> [T, K] in W's
     dtype: the token lookup of a tied embedding whose only copy is the packed LM head."""
     p, j = rows // PANEL, rows % PANEL
-    if wp.dim() == 3:  # fp32 [Np, K, 64]: advanced indices around a slice land first -> [T, K]
+    if wp.dim() == 3:  # fp32 / int8 [Np, K, 64]: advanced indices around a slice land first -> [T, K]
         return wp[p, :, j]
     return wp[p, :, j, :].reshape(rows.shape[0], -1)[:, :k]  # bf16 [T, K2, 2] -> [T, K]
 
@@ -77,6 +80,29 @@ def packed_linear(
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
     b = bias.contiguous() if bias is not None else _EMPTY[x.dtype]
     return mod.packed_linear(x2, wp, n, b).view(*x.shape[:-1], n)
+
+
+def int8_usable(x: torch.Tensor, codes: torch.Tensor) -> bool:
+    """Whether ``packed_linear_int8`` can take fp32 activations ``x`` with int8 ``codes`` [N, K]
+    (on CPU, extension built)."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and codes.dtype == torch.int8
+            and codes.dim() == 2 and load() is not None)
+
+
+def packed_linear_int8(
+    x: torch.Tensor, wp: torch.Tensor, n: int, scale: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``x @ (Q * scale[:, None]).T + bias`` with ``wp = pack(Q)``, Q int8 [n, K].
+
+    x: [..., K] fp32; scale: fp32 [n] contiguous (lanes past n are never read); bias: [n]
+    fp32 or None -> [..., n] fp32. The sums are fp32 (codes widened exactly), scaled per
+    column, then the bias added: the torch reference up to summation order.
+    """
+    mod = load()
+    assert mod is not None, "dense_cpu.packed_linear_int8 called without the extension"
+    x2 = x.reshape(-1, x.shape[-1]).contiguous()
+    b = bias.contiguous() if bias is not None else _EMPTY[torch.float32]
+    return mod.packed_linear_int8(x2, wp, n, scale, b).view(*x.shape[:-1], n)
 
 
 def kernel(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -13,6 +13,10 @@
 //   bf16: wp [Np, ceil(K/2), 64, 2] wp[p, i, j, t] = W[64p + j, 2i + t]   (pairs of k adjacent:
 //         the bf16 dot-product instruction multiplies such pairs and adds both into one fp32
 //         lane; an odd K is padded with a zero column)
+//   int8: wp [Np, K, 64] int8      wp[p, k, j]    = Q[64p + j, k], W[n, k] = Q[n, k] * scale[n]
+//         (weight-only int8 with per-output-channel scales, fp32 activations: each code is
+//         widened to fp32 in registers and FMA'd like the fp32 path; the fp32 sums are
+//         multiplied by scale[n] before the bias is added, so a panel's bytes are 1/4 of fp32's)
 // Contracts (checked): x [M, K] contiguous in wp's dtype; bias [N] in that dtype or empty;
 // out [M, N] in that dtype. Accumulation is fp32; bf16 output is the fp32 sum (plus bias)
 // rounded to nearest even.
@@ -46,10 +50,12 @@ using bf16 = c10::BFloat16;
 #define INFER_DENSE_BF16_SIMD 1
 #endif
 
-// Write one row's 64 panel sums (+ bias) to out[n0 .. n0 + nv).
+// Write one row's 64 panel sums (* scale) (+ bias) to out[n0 .. n0 + nv).
 template <typename T>
-inline void store_row(const float* sums, const T* bias, T* out, int64_t n0, int64_t nv) {
-  for (int64_t j = 0; j < nv; ++j) out[j] = T(sums[j] + (bias ? float(bias[n0 + j]) : 0.f));
+inline void store_row(const float* sums, const float* scale, const T* bias, T* out, int64_t n0,
+                      int64_t nv) {
+  for (int64_t j = 0; j < nv; ++j)
+    out[j] = T(sums[j] * (scale ? scale[n0 + j] : 1.f) + (bias ? float(bias[n0 + j]) : 0.f));
 }
 
 #if defined(INFER_DENSE_SIMD)
@@ -58,8 +64,10 @@ inline __mmask16 lane_mask(int64_t nv, int j) {
   return (__mmask16)((1u << left) - 1);
 }
 
-inline void store_vec(__m512 v, const float* bias, float* out, int64_t n0, int64_t nv, int j) {
+inline void store_vec(__m512 v, const float* scale, const float* bias, float* out, int64_t n0,
+                      int64_t nv, int j) {
   const __mmask16 m = lane_mask(nv, j);
+  if (scale) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, scale + n0 + 16 * j));
   if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, bias + n0 + 16 * j));
   _mm512_mask_storeu_ps(out + 16 * j, m, v);
 }
@@ -83,10 +91,16 @@ inline void store_vec(__m512 v, const bf16* bias, bf16* out, int64_t n0, int64_t
 
 inline __m512 bcast(const float* v) { return _mm512_set1_ps(*v); }
 
-// MR rows of x against one fp32 panel [K, 64].
-template <int MR>
-inline void panel_f32(const float* x, const float* p, int64_t K, const float* bias, float* out,
-                      int64_t N, int64_t n0, int64_t nv) {
+// 16 panel weights -> 16 fp32 lanes (int8 codes are widened exactly).
+inline __m512 load_w(const float* w) { return _mm512_loadu_ps(w); }
+inline __m512 load_w(const int8_t* w) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)w)));
+}
+
+// MR rows of x against one fp32 or int8 panel [K, 64] (scale: per-column factor or null).
+template <int MR, typename W>
+inline void panel_f32(const float* x, const W* p, int64_t K, const float* scale,
+                      const float* bias, float* out, int64_t N, int64_t n0, int64_t nv) {
   __m512 acc[MR][4];
   for (int m = 0; m < MR; ++m)
     for (int j = 0; j < 4; ++j) acc[m][j] = _mm512_setzero_ps();
@@ -95,16 +109,16 @@ inline void panel_f32(const float* x, const float* p, int64_t K, const float* bi
     // one row gives only four FMA chains: a second set for odd k hides the FMA latency
     __m512 o0 = _mm512_setzero_ps(), o1 = o0, o2 = o0, o3 = o0;
     for (; k + 2 <= K; k += 2) {
-      const float* w = p + k * kPanel;
+      const W* w = p + k * kPanel;
       const __m512 xe = bcast(x + k), xo = bcast(x + k + 1);
-      acc[0][0] = _mm512_fmadd_ps(_mm512_loadu_ps(w), xe, acc[0][0]);
-      acc[0][1] = _mm512_fmadd_ps(_mm512_loadu_ps(w + 16), xe, acc[0][1]);
-      acc[0][2] = _mm512_fmadd_ps(_mm512_loadu_ps(w + 32), xe, acc[0][2]);
-      acc[0][3] = _mm512_fmadd_ps(_mm512_loadu_ps(w + 48), xe, acc[0][3]);
-      o0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 64), xo, o0);
-      o1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 80), xo, o1);
-      o2 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 96), xo, o2);
-      o3 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 112), xo, o3);
+      acc[0][0] = _mm512_fmadd_ps(load_w(w), xe, acc[0][0]);
+      acc[0][1] = _mm512_fmadd_ps(load_w(w + 16), xe, acc[0][1]);
+      acc[0][2] = _mm512_fmadd_ps(load_w(w + 32), xe, acc[0][2]);
+      acc[0][3] = _mm512_fmadd_ps(load_w(w + 48), xe, acc[0][3]);
+      o0 = _mm512_fmadd_ps(load_w(w + 64), xo, o0);
+      o1 = _mm512_fmadd_ps(load_w(w + 80), xo, o1);
+      o2 = _mm512_fmadd_ps(load_w(w + 96), xo, o2);
+      o3 = _mm512_fmadd_ps(load_w(w + 112), xo, o3);
     }
     acc[0][0] = _mm512_add_ps(acc[0][0], o0);
     acc[0][1] = _mm512_add_ps(acc[0][1], o1);
@@ -112,26 +126,26 @@ inline void panel_f32(const float* x, const float* p, int64_t K, const float* bi
     acc[0][3] = _mm512_add_ps(acc[0][3], o3);
   }
   for (; k < K; ++k) {
-    const float* w = p + k * kPanel;
+    const W* w = p + k * kPanel;
     __m512 wv[4];
-    for (int j = 0; j < 4; ++j) wv[j] = _mm512_loadu_ps(w + 16 * j);
+    for (int j = 0; j < 4; ++j) wv[j] = load_w(w + 16 * j);
     for (int m = 0; m < MR; ++m) {
       const __m512 xb = bcast(x + m * K + k);
       for (int j = 0; j < 4; ++j) acc[m][j] = _mm512_fmadd_ps(wv[j], xb, acc[m][j]);
     }
   }
   for (int m = 0; m < MR; ++m)
-    for (int j = 0; j < 4; ++j) store_vec(acc[m][j], bias, out + m * N, n0, nv, j);
+    for (int j = 0; j < 4; ++j) store_vec(acc[m][j], scale, bias, out + m * N, n0, nv, j);
 }
 #else
-template <int MR>
-inline void panel_f32(const float* x, const float* p, int64_t K, const float* bias, float* out,
-                      int64_t N, int64_t n0, int64_t nv) {
+template <int MR, typename W>
+inline void panel_f32(const float* x, const W* p, int64_t K, const float* scale,
+                      const float* bias, float* out, int64_t N, int64_t n0, int64_t nv) {
   for (int m = 0; m < MR; ++m) {
     float sums[kPanel] = {0.f};
     for (int64_t k = 0; k < K; ++k)
-      for (int64_t j = 0; j < kPanel; ++j) sums[j] += x[m * K + k] * p[k * kPanel + j];
-    store_row<float>(sums, bias, out + m * N, n0, nv);
+      for (int64_t j = 0; j < kPanel; ++j) sums[j] += x[m * K + k] * float(p[k * kPanel + j]);
+    store_row<float>(sums, scale, bias, out + m * N, n0, nv);
   }
 }
 #endif
@@ -171,43 +185,47 @@ inline void panel_bf16(const bf16* x, const bf16* p, int64_t K, const bf16* bias
     for (int64_t k = 0; k < K; ++k)
       for (int64_t j = 0; j < kPanel; ++j)
         sums[j] += float(x[m * K + k]) * float(p[(k / 2) * 2 * kPanel + 2 * j + (k & 1)]);
-    store_row<bf16>(sums, bias, out + m * N, n0, nv);
+    store_row<bf16>(sums, nullptr, bias, out + m * N, n0, nv);
   }
 }
 #endif
 
-template <typename T, int MR>
-inline void panel(const T* x, const T* p, int64_t K, const T* bias, T* out, int64_t N, int64_t n0,
-                  int64_t nv) {
+// T: activation / output dtype; W: packed weight dtype (T itself, or int8 codes for fp32 T).
+template <typename T, typename W, int MR>
+inline void panel(const T* x, const W* p, int64_t K, const float* scale, const T* bias, T* out,
+                  int64_t N, int64_t n0, int64_t nv) {
   if constexpr (std::is_same_v<T, float>)
-    panel_f32<MR>(x, p, K, bias, out, N, n0, nv);
+    panel_f32<MR, W>(x, p, K, scale, bias, out, N, n0, nv);
   else
     panel_bf16<MR>(x, p, K, bias, out, N, n0, nv);
 }
 
 // All mc rows of x (groups of kMR, then the 1..5 leftover) against panel p. Kept out of line:
 // inlined into the parallel_for body, GCC stored every fp32 accumulator to memory each step.
-template <typename T>
-__attribute__((noinline)) void rows_panel(const T* x, const T* p, int64_t mc, int64_t K, const T* bias, T* out, int64_t N,
-                int64_t n0, int64_t nv) {
+template <typename T, typename W>
+__attribute__((noinline)) void rows_panel(const T* x, const W* p, int64_t mc, int64_t K,
+                                          const float* scale, const T* bias, T* out, int64_t N,
+                                          int64_t n0, int64_t nv) {
   int64_t m = 0;
-  for (; m + kMR <= mc; m += kMR) panel<T, kMR>(x + m * K, p, K, bias, out + m * N, N, n0, nv);
+  for (; m + kMR <= mc; m += kMR)
+    panel<T, W, kMR>(x + m * K, p, K, scale, bias, out + m * N, N, n0, nv);
   const T* xm = x + m * K;
   T* om = out + m * N;
   switch (mc - m) {
-    case 1: panel<T, 1>(xm, p, K, bias, om, N, n0, nv); break;
-    case 2: panel<T, 2>(xm, p, K, bias, om, N, n0, nv); break;
-    case 3: panel<T, 3>(xm, p, K, bias, om, N, n0, nv); break;
-    case 4: panel<T, 4>(xm, p, K, bias, om, N, n0, nv); break;
-    case 5: panel<T, 5>(xm, p, K, bias, om, N, n0, nv); break;
+    case 1: panel<T, W, 1>(xm, p, K, scale, bias, om, N, n0, nv); break;
+    case 2: panel<T, W, 2>(xm, p, K, scale, bias, om, N, n0, nv); break;
+    case 3: panel<T, W, 3>(xm, p, K, scale, bias, om, N, n0, nv); break;
+    case 4: panel<T, W, 4>(xm, p, K, scale, bias, om, N, n0, nv); break;
+    case 5: panel<T, W, 5>(xm, p, K, scale, bias, om, N, n0, nv); break;
     default: break;
   }
 }
 
-template <typename T>
-void run(const T* x, const T* wp, const T* bias, T* out, int64_t M, int64_t K, int64_t N) {
+template <typename T, typename W = T>
+void run(const T* x, const W* wp, const T* bias, T* out, int64_t M, int64_t K, int64_t N,
+         const float* scale = nullptr) {
   const int64_t panels = (N + kPanel - 1) / kPanel;
-  const int64_t panel_elems = (std::is_same_v<T, float> ? K : 2 * ((K + 1) / 2)) * kPanel;
+  const int64_t panel_elems = (std::is_same_v<W, bf16> ? 2 * ((K + 1) / 2) : K) * kPanel;
   const int64_t chunk = std::max<int64_t>(kMR, kChunkElems / std::max<int64_t>(K, 1) / kMR * kMR);
   for (int64_t m0 = 0; m0 < M; m0 += chunk) {
     const int64_t mc = std::min(chunk, M - m0);
@@ -215,8 +233,8 @@ void run(const T* x, const T* wp, const T* bias, T* out, int64_t M, int64_t K, i
     at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t n0 = p * kPanel;
-        rows_panel<T>(x + m0 * K, wp + p * panel_elems, mc, K, bias, out + m0 * N + n0, N, n0,
-                      std::min(kPanel, N - n0));
+        rows_panel<T, W>(x + m0 * K, wp + p * panel_elems, mc, K, scale, bias,
+                         out + m0 * N + n0, N, n0, std::min(kPanel, N - n0));
       }
     });
   }
@@ -254,6 +272,33 @@ torch::Tensor packed_linear(torch::Tensor x, torch::Tensor wp, int64_t n, torch:
   return out;
 }
 
+// x [M, K] fp32 @ (Q * scale[:, None]).T (+ bias) with Q [n, K] int8 given packed (int8 layout
+// above); scale [ceil(n/64) * 64] fp32 (entries past n unused).
+torch::Tensor packed_linear_int8(torch::Tensor x, torch::Tensor wp, int64_t n, torch::Tensor scale,
+                                 torch::Tensor bias) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && wp.is_contiguous() && scale.is_contiguous(),
+              "packed_linear_int8: x must be a contiguous [M, K] tensor, wp and scale contiguous");
+  TORCH_CHECK(x.scalar_type() == torch::kFloat32 && wp.scalar_type() == torch::kInt8 &&
+                  scale.scalar_type() == torch::kFloat32,
+              "packed_linear_int8: x must be float32, wp int8, scale float32 (got ",
+              x.scalar_type(), ", ", wp.scalar_type(), ", ", scale.scalar_type(), ")");
+  const int64_t M = x.size(0), K = x.size(1), N = n;
+  const int64_t panels = (N + kPanel - 1) / kPanel;
+  TORCH_CHECK(N >= 0 && wp.numel() == panels * K * kPanel && scale.numel() >= N,
+              "packed_linear_int8: packed weight has ", wp.numel(), " elements (expected ",
+              panels * K * kPanel, ") and scale ", scale.numel(), " (need >= ", N, ") for N=", N,
+              ", K=", K);
+  TORCH_CHECK(bias.numel() == 0 || (bias.scalar_type() == torch::kFloat32 && bias.numel() == N &&
+                                    bias.is_contiguous()),
+              "packed_linear_int8: bias must be [N] float32 (or empty)");
+  auto out = torch::empty({M, N}, x.options());
+  if (M == 0 || N == 0) return out;
+  run<float, int8_t>(x.data_ptr<float>(), wp.data_ptr<int8_t>(),
+                     bias.numel() ? bias.data_ptr<float>() : nullptr, out.data_ptr<float>(), M, K,
+                     N, scale.data_ptr<float>());
+  return out;
+}
+
 bool has_bf16_simd() {
 #if defined(INFER_DENSE_BF16_SIMD)
   return true;
@@ -264,5 +309,7 @@ bool has_bf16_simd() {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("packed_linear", &packed_linear, "x @ W.T + bias, W prepacked (fp32 / bf16, CPU)");
+  m.def("packed_linear_int8", &packed_linear_int8,
+        "x @ (Q_int8 * scale).T + bias, Q prepacked (fp32 activations, CPU)");
   m.def("has_bf16_simd", &has_bf16_simd, "whether the bf16 path was built with AVX512-BF16");
 }
