@@ -2,7 +2,8 @@
 bf16 on weights packed once into 64-column k-major panels (``pack``), so decode streams each
 matrix as one sequential read and prefill runs a register-blocked GEMM without reductions.
 The same panels of int8 codes with per-column scales serve weight-only int8 on fp32
-activations (``packed_linear_int8``; quant=int8).
+activations (``packed_linear_int8``; quant=int8), and panels of int4 codes (two k per byte)
+with per-(column, group) scale and offset serve int4 / awq / gptq (``packed_linear_int4``).
 
 Built once with the system C++ compiler through torch.utils.cpp_extension and cached under
 $INFER_CACHE_DIR/torch_extensions (the name carries a hash of the source and of the CPU's
@@ -103,6 +104,62 @@ def packed_linear_int8(
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
     b = bias.contiguous() if bias is not None else _EMPTY[torch.float32]
     return mod.packed_linear_int8(x2, wp, n, scale, b).view(*x.shape[:-1], n)
+
+
+def pack_int4(
+    codes: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Group-wise int4 (codes uint8 0..15 [N, K], scale / offset fp32 [N, K/G]; W = code *
+    scale + offset) -> the kernel's panels, N padded to 64 with zeros:
+
+    codes [ceil(N/64), K/2, 64] uint8, element [p, i, j] = Q[64p + j, 2i] | Q[64p + j, 2i+1] << 4;
+    scale, offset [ceil(N/64), K/G, 64] fp32, element [p, g, j] = scale[64p + j, g].
+    """
+    n, k = codes.shape
+    if k % 2:
+        raise ValueError(f"pack_int4: K must be even, got {k}")
+    np_ = -(-n // PANEL)
+    c = torch.zeros(np_ * PANEL, k, dtype=torch.uint8, device=codes.device)
+    c[:n] = codes
+    c = c.view(np_, PANEL, k // 2, 2)
+    wp = (c[..., 0] | (c[..., 1] << 4)).transpose(1, 2).contiguous()
+
+    def panels(t: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(np_ * PANEL, t.shape[1], dtype=torch.float32, device=t.device)
+        out[:n] = t
+        return out.view(np_, PANEL, t.shape[1]).transpose(1, 2).contiguous()
+
+    return wp, panels(scale), panels(offset)
+
+
+def unpack_int4(wp: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, n: int
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inverse of :func:`pack_int4`: (codes uint8 [n, K], scale [n, K/G], offset [n, K/G])."""
+    np_, half, _ = wp.shape
+    pairs = torch.stack([wp & 0xF, wp >> 4], dim=-1)  # [Np, K/2, 64, 2]
+    codes = pairs.permute(0, 2, 1, 3).reshape(np_ * PANEL, half * 2)[:n]
+
+    def rows(t: torch.Tensor) -> torch.Tensor:
+        return t.transpose(1, 2).reshape(np_ * PANEL, t.shape[1])[:n]
+
+    return codes, rows(scale), rows(offset)
+
+
+def packed_linear_int4(
+    x: torch.Tensor, wp: torch.Tensor, n: int, scale: torch.Tensor, offset: torch.Tensor,
+    group_size: int, bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``x @ W.T + bias`` with ``(wp, scale, offset) = pack_int4(...)`` of W [n, K] (group-wise).
+
+    x: [..., K] fp32; bias: [n] fp32 or None -> [..., n] fp32. Up to 2 rows the codes are
+    decoded in registers (y = sum over groups of scale * (x . Q) + offset * sum(x)); more rows
+    dequantize one panel at a time (Q * scale + offset) and run the fp32 panel GEMM.
+    """
+    mod = load()
+    assert mod is not None, "dense_cpu.packed_linear_int4 called without the extension"
+    x2 = x.reshape(-1, x.shape[-1]).contiguous()
+    b = bias.contiguous() if bias is not None else _EMPTY[torch.float32]
+    return mod.packed_linear_int4(x2, wp, n, scale, offset, group_size, b).view(*x.shape[:-1], n)
 
 
 def kernel(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -7,6 +7,13 @@ Runtime storage depends on the device the weights live on:
          ``scales`` [K/G, N] (model dtype) for the ``awq_gemm`` kernel.
 Both come from one canonical form (codes, scales, zeros), which is also what an AutoAWQ
 checkpoint holds (``quant=awq`` loads those; see awq.py).
+On CPU with fp32 activations the first forward repacks ``w4`` / ``w4_scale`` / ``w4_offset``
+into the dense kernel's 64-column panels (``w4_packed`` [N/64, K/2, 64] uint8,
+``w4_panel_scale`` / ``w4_panel_offset`` [N/64, K/G, 64]; dense_cpu.pack_int4), replacing
+them, and runs ``dense_cpu.packed_linear_int4``: decode streams each matrix as one sequential
+read. The repacking waits for the first forward so that sharding (which gptq does after
+processing) still cuts the row-major tensors. ``panel_kernel = False`` keeps the row-major
+kernels (cpu_kernel.linear).
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import torch.nn.functional as F
 from infer_kernels import get_op
 from torch import nn
 
-from infer.quant import cpu_kernel
+from infer.quant import cpu_kernel, dense_cpu
 from infer.quant.base import QuantContext, QuantMethodBase, replace_param
 from infer.quant.none import NoQuant
 from infer.quant.quantize import (
@@ -40,6 +47,7 @@ class Int4WeightOnly(QuantMethodBase):
 
     name = "int4"
     shard_local = True  # rounding is per (output row, input group)
+    panel_kernel = True  # CPU fp32: repack into 64-column panels on first forward (module doc)
 
     def __init__(self, group_size: int = 64) -> None:
         if int(group_size) <= 0:
@@ -87,6 +95,15 @@ class Int4WeightOnly(QuantMethodBase):
     # -- forward ---------------------------------------------------------------------------
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         g = self.group_size
+        if self.panel_kernel and "w4" in layer._parameters and cpu_kernel.usable(x) \
+                and dense_cpu.load() is not None:
+            _pack_panels(layer)
+        if "w4_packed" in layer._parameters:
+            wp = layer.w4_packed
+            if cpu_kernel.usable(x) and dense_cpu.load() is not None:
+                return dense_cpu.packed_linear_int4(x, wp, wp.rows, layer.w4_panel_scale,
+                                                    layer.w4_panel_offset, g, bias)
+            return F.linear(x, dequant_cpu_layout(layer, g).to(x.dtype), bias)
         if "w4" in layer._parameters:
             if cpu_kernel.usable(x):
                 return cpu_kernel.linear(x, layer.w4, layer.w4_scale, bias, cpu_kernel.INT4,
@@ -121,11 +138,34 @@ def store_int4(
     replace_param(layer, "scales", sc, 1, 0, input_group=group_size)
 
 
+def _pack_panels(layer: nn.Module) -> None:
+    """Replace ``w4`` / ``w4_scale`` / ``w4_offset`` by their panel layout (module doc); tags:
+    dim 0 counts panels of 64 outputs, dim 1 pairs of k (codes) or groups (scale, offset)."""
+    codes, scale, offset = _cpu_groups(layer)
+    g = layer.w4_scale.input_group
+    wp, sp, op = dense_cpu.pack_int4(codes, scale.data, offset.data)
+    for name in ("w4", "w4_scale", "w4_offset"):
+        del layer._parameters[name]
+    pan = dense_cpu.PANEL
+    replace_param(layer, "w4_packed", wp, 0, 1, output_pack=pan, input_pack=2, rows=codes.shape[0])
+    replace_param(layer, "w4_panel_scale", sp, 0, 1, output_pack=pan, input_group=g)
+    replace_param(layer, "w4_panel_offset", op, 0, 1, output_pack=pan, input_group=g)
+
+
+def _cpu_groups(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(codes uint8 [N, K], scale fp32 [N, K/G], offset fp32 [N, K/G]) of a layer in either CPU
+    layout (row-major ``w4`` or panels ``w4_packed``)."""
+    if "w4_packed" in layer._parameters:
+        wp = layer.w4_packed
+        return dense_cpu.unpack_int4(wp, layer.w4_panel_scale.data, layer.w4_panel_offset.data, wp.rows)
+    return unpack_int4_cpu(layer.w4.data), layer.w4_scale.data, layer.w4_offset.data
+
+
 def dequant_cpu_layout(layer: nn.Module, group_size: int) -> torch.Tensor:
-    """fp32 [N, K] weight of a layer stored in the CPU layout."""
-    codes = unpack_int4_cpu(layer.w4).float()
+    """fp32 [N, K] weight of a layer stored in a CPU layout."""
+    codes, scale, offset = _cpu_groups(layer)
     n, k = codes.shape
-    w = codes.view(n, k // group_size, group_size) * layer.w4_scale.unsqueeze(-1) + layer.w4_offset.unsqueeze(-1)
+    w = codes.float().view(n, k // group_size, group_size) * scale.unsqueeze(-1) + offset.unsqueeze(-1)
     return w.view(n, k)
 
 
@@ -133,8 +173,9 @@ def int4_canonical_from_runtime(
     layer: nn.Module, group_size: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(codes, scales, zeros) back from a processed layer (either runtime layout)."""
-    if "w4" in layer._parameters:
-        scales = layer.w4_scale.data.float()
-        zeros = torch.round(-layer.w4_offset.data / scales).clamp(0, 15).to(torch.uint8)
-        return unpack_int4_cpu(layer.w4.data), scales, zeros
+    if "w4" in layer._parameters or "w4_packed" in layer._parameters:
+        codes, scales, offset = _cpu_groups(layer)
+        scales = scales.float()
+        zeros = torch.round(-offset / scales).clamp(0, 15).to(torch.uint8)
+        return codes, scales, zeros
     return from_autoawq(layer.qweight.data, layer.qzeros.data, layer.scales.data)

@@ -17,6 +17,12 @@
 //         (weight-only int8 with per-output-channel scales, fp32 activations: each code is
 //         widened to fp32 in registers and FMA'd like the fp32 path; the fp32 sums are
 //         multiplied by scale[n] before the bias is added, so a panel's bytes are 1/4 of fp32's)
+//   int4: wp [Np, K/2, 64] uint8   wp[p, i, j]    = Q[64p + j, 2i] | Q[64p + j, 2i + 1] << 4,
+//         scale, offset [Np, K/G, 64] fp32: W[n, k] = Q[n, k] * scale[n, k/G] + offset[n, k/G]
+//         (group size G even and dividing K). One 16-byte load feeds 16 columns x 2 k. Up to
+//         kInt4MaxRows rows: codes decoded in registers, per group y += scale * sum(x * Q)
+//         + offset * sum(x). More rows: each panel is dequantized (Q * scale + offset, as the
+//         torch reference rounds it) into a per-thread fp32 panel that the fp32 path consumes.
 // Contracts (checked): x [M, K] contiguous in wp's dtype; bias [N] in that dtype or empty;
 // out [M, N] in that dtype. Accumulation is fp32; bf16 output is the fp32 sum (plus bias)
 // rounded to nearest even.
@@ -34,6 +40,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 namespace {
 
@@ -221,6 +228,108 @@ __attribute__((noinline)) void rows_panel(const T* x, const W* p, int64_t mc, in
   }
 }
 
+#if defined(INFER_DENSE_SIMD)
+// 16 columns x 2 k of int4 codes (16 bytes) -> (even k, odd k) as fp32 lanes
+inline void decode_int4(const uint8_t* w, __m512& lo, __m512& hi) {
+  const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)w));
+  lo = _mm512_cvtepi32_ps(_mm512_and_si512(v, _mm512_set1_epi32(0xF)));
+  hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4));
+}
+
+// MR (1 or 2) rows of x against one int4 panel; xsum [MR, K/G] = per-group sums of x.
+template <int MR>
+inline void panel_int4(const float* x, const float* xsum, const uint8_t* p, const float* sc,
+                       const float* of, int64_t K, int64_t G, const float* bias, float* out,
+                       int64_t N, int64_t n0, int64_t nv) {
+  const int64_t ng = K / G;
+  __m512 acc[MR][4];
+  for (int m = 0; m < MR; ++m)
+    for (int j = 0; j < 4; ++j) acc[m][j] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < ng; ++g) {
+    __m512 ge[MR][4], go[MR][4];  // even-k and odd-k chains of the group's code dot products
+    for (int m = 0; m < MR; ++m)
+      for (int j = 0; j < 4; ++j) ge[m][j] = go[m][j] = _mm512_setzero_ps();
+    for (int64_t i = g * G / 2; i < (g + 1) * G / 2; ++i) {
+      const uint8_t* w = p + i * kPanel;
+      __m512 xe[MR], xo[MR];
+      for (int m = 0; m < MR; ++m) {
+        xe[m] = bcast(x + m * K + 2 * i);
+        xo[m] = bcast(x + m * K + 2 * i + 1);
+      }
+      for (int j = 0; j < 4; ++j) {
+        __m512 lo, hi;
+        decode_int4(w + 16 * j, lo, hi);
+        for (int m = 0; m < MR; ++m) {
+          ge[m][j] = _mm512_fmadd_ps(lo, xe[m], ge[m][j]);
+          go[m][j] = _mm512_fmadd_ps(hi, xo[m], go[m][j]);
+        }
+      }
+    }
+    for (int j = 0; j < 4; ++j) {
+      const __m512 s = _mm512_loadu_ps(sc + g * kPanel + 16 * j);
+      const __m512 o = _mm512_loadu_ps(of + g * kPanel + 16 * j);
+      for (int m = 0; m < MR; ++m) {
+        acc[m][j] = _mm512_fmadd_ps(_mm512_add_ps(ge[m][j], go[m][j]), s, acc[m][j]);
+        acc[m][j] = _mm512_fmadd_ps(o, _mm512_set1_ps(xsum[m * ng + g]), acc[m][j]);
+      }
+    }
+  }
+  for (int m = 0; m < MR; ++m)
+    for (int j = 0; j < 4; ++j) store_vec(acc[m][j], nullptr, bias, out + m * N, n0, nv, j);
+}
+
+// One int4 panel -> fp32 panel [K, 64] (Q * scale, then + offset: the reference's roundings).
+inline void dequant_int4(const uint8_t* p, const float* sc, const float* of, int64_t K, int64_t G,
+                         float* buf) {
+  for (int64_t g = 0; g < K / G; ++g)
+    for (int j = 0; j < 4; ++j) {
+      const __m512 s = _mm512_loadu_ps(sc + g * kPanel + 16 * j);
+      const __m512 o = _mm512_loadu_ps(of + g * kPanel + 16 * j);
+      for (int64_t i = g * G / 2; i < (g + 1) * G / 2; ++i) {
+        __m512 lo, hi;
+        decode_int4(p + i * kPanel + 16 * j, lo, hi);
+        _mm512_storeu_ps(buf + 2 * i * kPanel + 16 * j, _mm512_add_ps(_mm512_mul_ps(lo, s), o));
+        _mm512_storeu_ps(buf + (2 * i + 1) * kPanel + 16 * j, _mm512_add_ps(_mm512_mul_ps(hi, s), o));
+      }
+    }
+}
+#else
+inline float int4_at(const uint8_t* p, int64_t k, int64_t j) {
+  const uint8_t b = p[(k / 2) * kPanel + j];
+  return float((k & 1) ? (b >> 4) : (b & 0xF));
+}
+
+template <int MR>
+inline void panel_int4(const float* x, const float* xsum, const uint8_t* p, const float* sc,
+                       const float* of, int64_t K, int64_t G, const float* bias, float* out,
+                       int64_t N, int64_t n0, int64_t nv) {
+  const int64_t ng = K / G;
+  for (int m = 0; m < MR; ++m) {
+    float sums[kPanel] = {0.f};
+    for (int64_t g = 0; g < ng; ++g)
+      for (int64_t j = 0; j < kPanel; ++j) {
+        float d = 0.f;
+        for (int64_t k = g * G; k < (g + 1) * G; ++k) d += x[m * K + k] * int4_at(p, k, j);
+        sums[j] += d * sc[g * kPanel + j] + of[g * kPanel + j] * xsum[m * ng + g];
+      }
+    store_row<float>(sums, nullptr, bias, out + m * N, n0, nv);
+  }
+}
+
+inline void dequant_int4(const uint8_t* p, const float* sc, const float* of, int64_t K, int64_t G,
+                         float* buf) {
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t j = 0; j < kPanel; ++j)
+      buf[k * kPanel + j] = int4_at(p, k, j) * sc[(k / G) * kPanel + j] + of[(k / G) * kPanel + j];
+}
+#endif
+
+constexpr int64_t kInt4MaxRows = 2;  // rows decoded in registers (beyond: dequantized panels)
+
+void run_int4(const float* x, const float* xsum, const uint8_t* wp, const float* sc,
+              const float* of, const float* bias, float* out, int64_t M, int64_t K, int64_t N,
+              int64_t G);
+
 template <typename T, typename W = T>
 void run(const T* x, const W* wp, const T* bias, T* out, int64_t M, int64_t K, int64_t N,
          const float* scale = nullptr) {
@@ -235,6 +344,38 @@ void run(const T* x, const W* wp, const T* bias, T* out, int64_t M, int64_t K, i
         const int64_t n0 = p * kPanel;
         rows_panel<T, W>(x + m0 * K, wp + p * panel_elems, mc, K, scale, bias,
                          out + m0 * N + n0, N, n0, std::min(kPanel, N - n0));
+      }
+    });
+  }
+}
+
+void run_int4(const float* x, const float* xsum, const uint8_t* wp, const float* sc,
+              const float* of, const float* bias, float* out, int64_t M, int64_t K, int64_t N,
+              int64_t G) {
+  const int64_t panels = (N + kPanel - 1) / kPanel, ng = K / G;
+  const int64_t pb = K / 2 * kPanel, ps = ng * kPanel;  // bytes / scales per panel
+  if (M <= kInt4MaxRows) {
+    at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t n0 = p * kPanel, nv = std::min(kPanel, N - n0);
+        if (M == 1)
+          panel_int4<1>(x, xsum, wp + p * pb, sc + p * ps, of + p * ps, K, G, bias, out + n0, N, n0, nv);
+        else
+          panel_int4<2>(x, xsum, wp + p * pb, sc + p * ps, of + p * ps, K, G, bias, out + n0, N, n0, nv);
+      }
+    });
+    return;
+  }
+  const int64_t chunk = std::max<int64_t>(kMR, kChunkElems / std::max<int64_t>(K, 1) / kMR * kMR);
+  for (int64_t m0 = 0; m0 < M; m0 += chunk) {
+    const int64_t mc = std::min(chunk, M - m0);
+    at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
+      std::vector<float> buf(K * kPanel);
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t n0 = p * kPanel;
+        dequant_int4(wp + p * pb, sc + p * ps, of + p * ps, K, G, buf.data());
+        rows_panel<float, float>(x + m0 * K, buf.data(), mc, K, nullptr, bias, out + m0 * N + n0,
+                                 N, n0, std::min(kPanel, N - n0));
       }
     });
   }
@@ -299,6 +440,36 @@ torch::Tensor packed_linear_int8(torch::Tensor x, torch::Tensor wp, int64_t n, t
   return out;
 }
 
+// x [M, K] fp32 @ W.T (+ bias), W [n, K] int4 group-wise given packed (int4 layout above).
+torch::Tensor packed_linear_int4(torch::Tensor x, torch::Tensor wp, int64_t n, torch::Tensor scale,
+                                 torch::Tensor offset, int64_t group_size, torch::Tensor bias) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.scalar_type() == torch::kFloat32,
+              "packed_linear_int4: x must be a contiguous float32 [M, K] tensor");
+  const int64_t M = x.size(0), K = x.size(1), N = n, G = group_size;
+  TORCH_CHECK(G > 0 && G % 2 == 0 && K % G == 0,
+              "packed_linear_int4: group_size must be even and divide K (got ", G, ", K=", K, ")");
+  const int64_t panels = (N + kPanel - 1) / kPanel, ng = K / G;
+  TORCH_CHECK(wp.scalar_type() == torch::kUInt8 && wp.is_contiguous() &&
+                  wp.numel() == panels * (K / 2) * kPanel,
+              "packed_linear_int4: wp must be contiguous uint8 with ", panels * (K / 2) * kPanel,
+              " elements for N=", N, ", K=", K);
+  for (const auto* t : {&scale, &offset})
+    TORCH_CHECK(t->scalar_type() == torch::kFloat32 && t->is_contiguous() &&
+                    t->numel() == panels * ng * kPanel,
+                "packed_linear_int4: scale/offset must be contiguous float32 [Np, K/G, 64]");
+  TORCH_CHECK(bias.numel() == 0 || (bias.scalar_type() == torch::kFloat32 && bias.numel() == N &&
+                                    bias.is_contiguous()),
+              "packed_linear_int4: bias must be [N] float32 (or empty)");
+  auto out = torch::empty({M, N}, x.options());
+  if (M == 0 || N == 0) return out;
+  // per-group sums of x multiply the offsets (only the register path needs them)
+  auto xsum = M <= kInt4MaxRows ? x.view({M, ng, G}).sum(-1).contiguous() : torch::empty({0}, x.options());
+  run_int4(x.data_ptr<float>(), xsum.data_ptr<float>(), wp.data_ptr<uint8_t>(),
+           scale.data_ptr<float>(), offset.data_ptr<float>(),
+           bias.numel() ? bias.data_ptr<float>() : nullptr, out.data_ptr<float>(), M, K, N, G);
+  return out;
+}
+
 bool has_bf16_simd() {
 #if defined(INFER_DENSE_BF16_SIMD)
   return true;
@@ -311,5 +482,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("packed_linear", &packed_linear, "x @ W.T + bias, W prepacked (fp32 / bf16, CPU)");
   m.def("packed_linear_int8", &packed_linear_int8,
         "x @ (Q_int8 * scale).T + bias, Q prepacked (fp32 activations, CPU)");
+  m.def("packed_linear_int4", &packed_linear_int4,
+        "x @ (Q_int4 * scale + offset).T + bias, group-wise, Q prepacked (fp32, CPU)");
   m.def("has_bf16_simd", &has_bf16_simd, "whether the bf16 path was built with AVX512-BF16");
 }

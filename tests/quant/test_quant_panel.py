@@ -1,5 +1,6 @@
-"""Weight-only int8 on the dense kernel's 64-column panels: the C++ kernel against the torch
-reference in float64, and quant=int8's lazy repacking (first forward, after any sharding)."""
+"""Weight-only int8 and group-wise int4 on the dense kernel's 64-column panels: the C++ kernels
+against the torch reference in float64, and quant=int8 / int4's lazy repacking (first
+forward, after any sharding) against their row-major kernels."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch.nn.functional as F
 
 from infer.layers.linear import Linear
 from infer.quant import dense_cpu
+from infer.quant.int4 import Int4WeightOnly, int4_canonical_from_runtime
 from infer.quant.int8 import Int8WeightOnly
 
 mod = dense_cpu.load()
@@ -79,3 +81,55 @@ def test_int8_layer_repacks_on_first_forward(rows: int) -> None:
     # an activation dtype the kernel does not take still works from the packed codes
     yb = lin(x.double())
     torch.testing.assert_close(yb, ref.double(), atol=2e-5, rtol=1e-5)
+
+
+# (N, K, G): padded panel tails, SmolLM2-like groups, tiny even groups
+INT4_SHAPES = [(13, 64, 32), (64, 576, 64), (130, 192, 64), (97, 12, 2), (7, 1536, 32)]
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 7, 100])
+@pytest.mark.parametrize("n,k,g", INT4_SHAPES)
+def test_int4_panel_matches_float64(m: int, n: int, k: int, g: int) -> None:
+    gen = torch.Generator().manual_seed(m * 1000 + n + k + g)
+    q = torch.randint(0, 16, (n, k), dtype=torch.uint8, generator=gen)
+    s = torch.rand(n, k // g, generator=gen) * 0.01 + 1e-4
+    o = -torch.rand(n, k // g, generator=gen) * 0.08
+    x, b = torch.randn(m, k, generator=gen), torch.randn(n, generator=gen)
+    w = (q.double().view(n, k // g, g) * s.double()[..., None] + o.double()[..., None]).view(n, k)
+    ref = F.linear(x.double(), w, b.double())
+    packed = dense_cpu.pack_int4(q, s, o)
+    y = dense_cpu.packed_linear_int4(x, *packed[:1], n, *packed[1:], g, b)
+    bound = (x.abs().double() @ w.abs().T).max().item()
+    assert y.shape == (m, n) and (y.double() - ref).abs().max().item() <= 1e-6 * bound * k**0.5 + 1e-6
+    codes, s2, o2 = dense_cpu.unpack_int4(*packed, n)
+    assert torch.equal(codes, q) and torch.equal(s2, s) and torch.equal(o2, o)
+
+
+def _int4_layer(panel: bool) -> Linear:
+    method = Int4WeightOnly(group_size=32)
+    method.panel_kernel = panel
+    g = torch.Generator().manual_seed(2)
+    lin = Linear(128, [70, 30], True, method, torch.float32, ["a", "b"])
+    lin.weight_loader(lin.weight, torch.randn(70, 128, generator=g) * 0.05, "a")
+    lin.weight_loader(lin.weight, torch.randn(30, 128, generator=g) * 0.05, "b")
+    lin.weight_loader(lin.bias, torch.randn(70, generator=g), "a")
+    lin.weight_loader(lin.bias, torch.randn(30, generator=g), "b")
+    method.process_weights_after_loading(lin)
+    return lin
+
+
+@pytest.mark.parametrize("rows", [1, 2, 9])
+def test_int4_layer_repacks_on_first_forward(rows: int) -> None:
+    lin, rowmajor = _int4_layer(True), _int4_layer(False)
+    before = int4_canonical_from_runtime(lin, 32)
+    assert "w4" in lin._parameters and "w4_packed" not in lin._parameters
+    x = torch.randn(rows, 128)
+    y = lin(x)
+    assert not {"w4", "w4_scale", "w4_offset"} & set(lin._parameters)
+    wp, sp = lin._parameters["w4_packed"], lin._parameters["w4_panel_scale"]
+    assert wp.shape == (2, 64, 64) and sp.shape == (2, 4, 64) and wp.rows == 100
+    assert (wp.output_pack, wp.input_pack, sp.output_pack, sp.input_group) == (64, 2, 64, 32)
+    after = int4_canonical_from_runtime(lin, 32)  # exports still see the same quantization
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+    torch.testing.assert_close(y, rowmajor(x), atol=2e-5, rtol=1e-5)
+    assert "w4" in rowmajor._parameters
