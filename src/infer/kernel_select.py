@@ -1,7 +1,9 @@
 """Pick an ``infer_kernels`` implementation for a device: the one bridge from infer to kernels.
 
 Implementation names: ``torch`` (pure torch; runs anywhere), ``triton`` (the Triton
-launchers) and ``auto`` (Triton on CUDA, torch elsewhere).
+launchers), ``cpp`` (the C++ CPU model ops of ``infer.layers.cpu_ops``; resolved per op by
+``infer.layers.ops``, since only the model ops have one) and ``auto`` (Triton on CUDA, torch
+elsewhere here; ``infer.layers.ops`` refines auto on CPU to cpp where it exists).
 
 Triton without CUDA runs only under the Triton interpreter (numpy on CPU: correct, very
 slow, for verification). ``@triton.jit`` reads ``TRITON_INTERPRET`` when a kernel is
@@ -20,13 +22,13 @@ from collections.abc import Callable
 import torch
 from infer_kernels import get_op
 
-IMPL_CHOICES = ("auto", "torch", "triton")
+IMPL_CHOICES = ("auto", "torch", "triton", "cpp")
 
 log = logging.getLogger(__name__)
 
 
 def resolve_impl(impl: str, device: torch.device, what: str = "kernels.impl") -> str:
-    """``auto`` -> ``triton`` on CUDA, ``torch`` elsewhere; ``torch``/``triton`` unchanged.
+    """``auto`` -> ``triton`` on CUDA, ``torch`` elsewhere; ``torch``/``triton``/``cpp`` unchanged.
 
     Raises ValueError naming ``what`` and the valid choices for anything else.
     """

@@ -118,7 +118,11 @@ def test_rms_norm_override_composes_and_takes_effect(torch_reference, monkeypatc
 
 
 def test_auto_and_torch_resolution() -> None:
-    assert set(resolve_ops("auto", None, "cpu").impls.values()) == {"torch"}
+    # auto on CPU: the C++ model ops when they build (tests/unit/test_cpu_model_ops.py), torch
+    # for the rest
+    cpu_auto = resolve_ops("auto", None, "cpu").impls
+    assert {cpu_auto[op] for op in ops_mod.QUANT_OPS} == {"torch"}
+    assert {cpu_auto[op] for op in ops_mod.MODEL_OPS} <= {"cpp", "torch"}
     assert set(resolve_ops("auto", None, "cuda").impls.values()) == {"triton"}
     mixed = resolve_ops("triton", {"rotary": "torch", "silu_and_mul": None}, "cpu")
     assert mixed.impls["rotary"] == "torch" and mixed.impls["silu_and_mul"] == "triton"

@@ -1,23 +1,27 @@
 """The model's swappable ops (``kernels`` config group), resolved once per engine.
 
-``Ops`` holds one callable per op, chosen per op between the torch path and the Triton
-kernel of ``infer_kernels``. ``build`` resolves it from the kernels config and passes it
-to the model's constructor; layers call ``ops.<op>(...)``; nothing is global, so two
-models with different ops can share a process.
+``Ops`` holds one callable per op, chosen per op between the torch path, the Triton
+kernel of ``infer_kernels`` and (model ops on CPU) the C++ kernel of ``infer.layers.cpu_ops``.
+``build`` resolves it from the kernels config and passes it to the model's constructor;
+layers call ``ops.<op>(...)``; nothing is global, so two models with different ops can share
+a process.
 
 The ``torch`` implementations of the model ops are the model's own fast paths (fused
 ``F.rms_norm`` in fp32, per-step rope factors shared by all layers), not the kernel
 references: the references define the kernels' numerics, these define single-stream CPU
-decode speed. Attention is not an op here: it is the ``attention`` group's backend
-(``attention=triton`` is the Triton one).
+decode speed; they stay the eager oracle of the C++ ops, which do the same math in one call
+each (``kernels=auto`` picks those on CPU when the extension builds). Attention is not an op
+here: it is the ``attention`` group's backend (``attention=triton`` is the Triton one).
 
 Shape legend: T tokens, H heads, D head dim, I intermediate size.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -25,6 +29,7 @@ import torch.nn.functional as F
 from infer_kernels import get_op
 
 from infer.kernel_select import IMPL_CHOICES, resolve_impl, triton_op
+from infer.layers import cpu_ops
 from infer.layers.norm import rms_norm_ref
 from infer.layers.rotary import apply_rope, rope_cos_sin
 
@@ -39,6 +44,8 @@ QUANT_OPS = (
     "quantize_per_token_fp8",
 )
 OP_NAMES = MODEL_OPS + QUANT_OPS
+
+log = logging.getLogger(__name__)
 
 # per-step rope state from ``rope_factors``; opaque to the model, consumed by ``rotary``
 RopeFactors = tuple[torch.Tensor, torch.Tensor]
@@ -110,7 +117,8 @@ def _triton_model_ops(device: torch.device) -> dict[str, Callable]:
 
 @dataclass(frozen=True)
 class Ops:
-    """Resolved op implementations. ``impls`` maps each op name to ``torch`` | ``triton``.
+    """Resolved op implementations. ``impls`` maps each op name to ``torch`` | ``triton`` |
+    ``cpp`` (model ops only).
 
     Model ops (activations fp32/fp16/bf16; fp32 math inside the kernels):
       rms_norm(x [..., H], weight [H], eps) -> [..., H]
@@ -118,7 +126,7 @@ class Ops:
       rope_factors(positions int64 [T], cos_sin [max_pos, rot_dim], dtype) -> RopeFactors:
           once per step, shared by all layers
       rotary(x [T, H, D], rope) -> x rotated (neox layout, first rot_dim dims). May work in
-          place (Triton does): use the returned tensor and do not reuse the input.
+          place (Triton and C++ do): use the returned tensor and do not reuse the input.
       silu_and_mul(x [T, 2I]) -> silu(x[:, :I]) * x[:, I:]  [T, I]
     Quant entry points (``infer_kernels`` signatures, torch reference or Triton launcher):
       w8a8_int8_gemm, fp8_scaled_gemm, awq_gemm, quantize_per_token_int8,
@@ -152,6 +160,33 @@ def _triton_rope_factors(
     return positions, cos_sin
 
 
+@lru_cache(maxsize=1)
+def _warn_no_cpp() -> None:
+    log.warning("kernels auto on CPU: the C++ model ops are unavailable; using the torch paths")
+
+
+def _resolve_one(raw: str, impl: str, op: str, device: torch.device, what: str) -> str:
+    """Refine ``resolve_impl``'s answer for one op: auto on CPU -> cpp for model ops when the
+    extension builds; cpp for a quant entry point -> torch; cpp off CPU or unbuilt -> error."""
+    if raw == "auto" and device.type == "cpu" and op in MODEL_OPS:
+        if cpu_ops.available():
+            return "cpp"
+        _warn_no_cpp()
+        return "torch"
+    if impl != "cpp" or op not in MODEL_OPS:
+        return "torch" if impl == "cpp" else impl
+    if device.type != "cpu":
+        raise ValueError(
+            f"{what}=cpp runs on CPU only (device {device.type}); use auto, torch or triton"
+        )
+    if not cpu_ops.available():
+        raise ValueError(
+            f"{what}=cpp: the C++ CPU model ops did not build (see the warning above) or "
+            "INFER_DISABLE_CPU_KERNEL is set; use kernels=torch"
+        )
+    return "cpp"
+
+
 def resolve_ops(
     impl: str,
     overrides: Mapping[str, Any] | None,
@@ -160,10 +195,13 @@ def resolve_ops(
 ) -> Ops:
     """Resolve every op: ``overrides[op]`` if set (not None), else ``impl``.
 
-    impl / override values: ``torch`` | ``triton`` | ``auto`` (Triton on CUDA, torch
-    elsewhere). Triton off CUDA runs under the Triton interpreter, which mis-loads bf16, so
-    ``dtype`` (the model's, if given) bf16 with a Triton op off CUDA is refused. Raises
-    ValueError naming the bad op / impl and listing the valid ones.
+    impl / override values: ``torch`` | ``triton`` | ``cpp`` | ``auto``. ``auto`` is Triton on
+    CUDA; on CPU it is ``cpp`` for the model ops when the C++ extension builds (else torch, with
+    a warning) and torch for the quant entry points. ``cpp`` needs a CPU device and the built
+    extension; it has no quant entry points, so there it means torch. Triton off CUDA runs
+    under the Triton interpreter, which mis-loads bf16, so ``dtype`` (the model's, if given)
+    bf16 with a Triton op off CUDA is refused. Raises ValueError naming the bad op / impl and
+    listing the valid ones.
     """
     device = torch.device(device)
     overrides = dict(overrides or {})
@@ -172,15 +210,12 @@ def resolve_ops(
         raise ValueError(
             f"unknown op(s) {unknown} in kernels.overrides; valid ops: {', '.join(OP_NAMES)}"
         )
-    default = resolve_impl(str(impl), device, "kernels.impl")
     impls: dict[str, str] = {}
     for op in OP_NAMES:
         choice = overrides.get(op)
-        impls[op] = (
-            default
-            if choice is None
-            else resolve_impl(str(choice), device, f"impl for kernels.overrides.{op}")
-        )
+        what = "kernels.impl" if choice is None else f"impl for kernels.overrides.{op}"
+        raw = str(impl if choice is None else choice)
+        impls[op] = _resolve_one(raw, resolve_impl(raw, device, what), op, device, what)
     if dtype == torch.bfloat16 and device.type != "cuda":
         bad = [op for op in OP_NAMES if impls[op] == "triton"]
         if bad:
@@ -195,10 +230,15 @@ def resolve_ops(
         "silu_and_mul": _silu_and_mul_torch,
     }
     triton_model = _triton_model_ops(device)
+    cpp = cpu_ops.load() if any(impls[op] == "cpp" for op in MODEL_OPS) else None
     for op in MODEL_OPS:
         if impls[op] == "triton":
             fns[op] = triton_model[op]()
-    fns["rope_factors"] = _triton_rope_factors if impls["rotary"] == "triton" else rope_cos_sin
+        elif impls[op] == "cpp":
+            fns[op] = getattr(cpp, op)  # the extension's function itself: no Python layer
+    fns["rope_factors"] = {
+        "triton": _triton_rope_factors, "cpp": cpu_ops.rope_factors
+    }.get(impls["rotary"], rope_cos_sin)
     for op in QUANT_OPS:
         fns[op] = triton_op(op, device) if impls[op] == "triton" else get_op(op, "torch")
     return Ops(impls=impls, **fns)
