@@ -21,6 +21,7 @@ from types import ModuleType
 
 import torch
 
+from infer import hugepages
 from infer.cpp_ext import load_cpp_extension
 
 _SRC = Path(__file__).parent / "csrc" / "dense_linear_cpu.cpp"
@@ -42,7 +43,8 @@ def usable(w: torch.Tensor) -> bool:
 
 
 def pack(w: torch.Tensor) -> torch.Tensor:
-    """W [N, K] -> the kernel's panels (a new contiguous tensor; N padded to 64 with zeros).
+    """W [N, K] -> the kernel's panels (a new contiguous tensor; N padded to 64 with zeros; on
+    CPU placed on transparent huge pages where the OS allows, see ``infer.hugepages``).
 
     fp32 (and int8 codes): [ceil(N/64), K, 64], element [p, k, j] = W[64p + j, k].
     bf16: [ceil(N/64), ceil(K/2), 64, 2], element [p, i, j, t] = W[64p + j, 2i + t] (K padded
@@ -55,8 +57,13 @@ def pack(w: torch.Tensor) -> torch.Tensor:
     padded = torch.zeros(np_ * PANEL, kp, dtype=w.dtype, device=w.device)
     padded[:n, :k] = w
     if not pairs:
-        return padded.view(np_, PANEL, kp).transpose(1, 2).contiguous()
-    return padded.view(np_, PANEL, kp // 2, 2).permute(0, 2, 1, 3).contiguous()
+        panels = padded.view(np_, PANEL, kp).transpose(1, 2)
+    else:
+        panels = padded.view(np_, PANEL, kp // 2, 2).permute(0, 2, 1, 3)
+    if w.device.type != "cpu":
+        return panels.contiguous()
+    # decode streams these once per token: on huge pages the stream is not TLB-bound
+    return hugepages.empty(tuple(panels.shape), w.dtype).copy_(panels)
 
 
 def unpack_rows(wp: torch.Tensor, rows: torch.Tensor, k: int) -> torch.Tensor:
