@@ -85,8 +85,11 @@ def packed_linear(
     """
     mod = load()
     assert mod is not None, "dense_cpu.packed_linear called without the extension"
-    x2 = x.reshape(-1, x.shape[-1]).contiguous()
     b = bias.contiguous() if bias is not None else _EMPTY[x.dtype]
+    if x.dim() == 2 and x.is_contiguous():
+        # the model's case: no reshape/view round trip (each is an op on the per-token path)
+        return mod.packed_linear(x, wp, n, b)
+    x2 = x.reshape(-1, x.shape[-1]).contiguous()
     return mod.packed_linear(x2, wp, n, b).view(*x.shape[:-1], n)
 
 
