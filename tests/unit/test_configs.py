@@ -17,6 +17,7 @@ from hydra.utils import get_method, instantiate
 
 from infer import LLM, SamplingParams, build, compose_config
 from infer.config_loader import config_dir, group_options
+from infer.parallel.executor import start_engine
 
 REPO = Path(__file__).resolve().parents[2]
 GROUPS = sorted(p.name for p in config_dir().iterdir() if p.is_dir() and any(p.glob("*.yaml")))
@@ -43,7 +44,7 @@ def test_groups_discovered() -> None:
 
 
 @pytest.mark.parametrize(("group", "option"), CASES, ids=[f"{g}={o}" for g, o in CASES])
-def test_every_option_composes_and_builds(group, option, tiny_checkpoint, smollm2, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+def test_every_option_composes_and_builds(group, option, tiny_checkpoint, smollm2, tmp_path, monkeypatch, request):  # type: ignore[no-untyped-def]
     values = dict(SMALL_KV)
     overrides = [f"{group}={option}"]
     if group == "model" and option == "smollm2":
@@ -56,7 +57,10 @@ def test_every_option_composes_and_builds(group, option, tiny_checkpoint, smollm
         elif group not in ("model", "experiment"):
             overrides.append("model=tiny")
         cfg = compose_config(overrides, values)
-        engine = build(cfg)
+        # several ranks: this process becomes rank 0 and starts the others (as LLM() does)
+        engine, executor = start_engine(cfg, build)
+        if executor is not None:
+            request.addfinalizer(executor.shutdown)
     assert cfg.get(group) is not None or group == "experiment"
     assert engine.model_path.is_dir()
     # the built engine serves a request
