@@ -52,6 +52,10 @@ def test_int8_panel_rejects_wrong_dtypes() -> None:
         mod.packed_linear_int8(torch.randn(2, 15), dense_cpu.pack(q), 8, s, torch.empty(0))
 
 
+def _forbidden(*_a: object, **_k: object) -> None:
+    raise AssertionError("the row-major fallback ran")
+
+
 def _layer(method: Int8WeightOnly) -> Linear:
     g = torch.Generator().manual_seed(1)
     lin = Linear(96, [70, 30], True, method, torch.float32, ["a", "b"])
@@ -78,6 +82,10 @@ def test_int8_layer_repacks_on_first_forward(rows: int) -> None:
     torch.testing.assert_close(y, ref, atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(y, plain(x), atol=2e-5, rtol=1e-5)
     assert "weight" in plain._parameters and "weight_packed" not in plain._parameters
+    # later fp32 calls run the panel kernel, never the row-major fallback
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("infer.quant.int8.int8_matmul", _forbidden)
+        torch.testing.assert_close(lin(x), y, atol=0, rtol=0)
     # an activation dtype the kernel does not take still works from the packed codes
     yb = lin(x.double())
     torch.testing.assert_close(yb, ref.double(), atol=2e-5, rtol=1e-5)
@@ -133,3 +141,7 @@ def test_int4_layer_repacks_on_first_forward(rows: int) -> None:
     assert all(torch.equal(a, b) for a, b in zip(before, after))
     torch.testing.assert_close(y, rowmajor(x), atol=2e-5, rtol=1e-5)
     assert "w4" in rowmajor._parameters
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("infer.quant.int4.dequant_cpu_layout", _forbidden)
+        mp.setattr("infer.quant.cpu_kernel.linear", _forbidden)
+        torch.testing.assert_close(lin(x), y, atol=0, rtol=0)

@@ -93,11 +93,10 @@ def packed_linear(
     return mod.packed_linear(x2, wp, n, b).view(*x.shape[:-1], n)
 
 
-def int8_usable(x: torch.Tensor, codes: torch.Tensor) -> bool:
-    """Whether ``packed_linear_int8`` can take fp32 activations ``x`` with int8 ``codes`` [N, K]
-    (on CPU, extension built)."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and codes.dtype == torch.int8
-            and codes.dim() == 2 and load() is not None)
+def quant_usable(x: torch.Tensor) -> bool:
+    """Whether ``packed_linear_int8`` / ``packed_linear_int4`` can take activations ``x``
+    (fp32 on CPU, extension built)."""
+    return x.device.type == "cpu" and x.dtype == torch.float32 and load() is not None
 
 
 def packed_linear_int8(

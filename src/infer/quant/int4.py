@@ -95,12 +95,11 @@ class Int4WeightOnly(QuantMethodBase):
     # -- forward ---------------------------------------------------------------------------
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         g = self.group_size
-        if self.panel_kernel and "w4" in layer._parameters and cpu_kernel.usable(x) \
-                and dense_cpu.load() is not None:
+        if self.panel_kernel and "w4" in layer._parameters and dense_cpu.quant_usable(x):
             _pack_panels(layer)
         if "w4_packed" in layer._parameters:
             wp = layer.w4_packed
-            if cpu_kernel.usable(x) and dense_cpu.load() is not None:
+            if dense_cpu.quant_usable(x):
                 return dense_cpu.packed_linear_int4(x, wp, wp.rows, layer.w4_panel_scale,
                                                     layer.w4_panel_offset, g, bias)
             return F.linear(x, dequant_cpu_layout(layer, g).to(x.dtype), bias)

@@ -43,11 +43,11 @@ class Int8WeightOnly(QuantMethodBase):
 
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         wp = layer._parameters.get("weight_packed")
-        if wp is None and self.cpu_kernel and dense_cpu.int8_usable(x, layer.weight):
+        if wp is None and self.cpu_kernel and dense_cpu.quant_usable(x):
             wp = _pack(layer)
         if wp is None:
             return int8_matmul(x, layer.weight, layer.weight_scale, bias)
-        if dense_cpu.int8_usable(x, wp):
+        if dense_cpu.quant_usable(x):
             return dense_cpu.packed_linear_int8(x, wp, wp.rows, layer.weight_scale, bias)  # type: ignore[attr-defined]
         # another activation dtype after packing (not seen in one model run): rebuild the codes
         codes = dense_cpu.unpack_rows(wp, torch.arange(wp.rows, device=wp.device), wp.shape[1])  # type: ignore[attr-defined]
