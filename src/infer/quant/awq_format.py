@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from infer.quant import dense_cpu
 from infer.quant.int4 import int4_canonical_from_runtime
 from infer.quant.quantize import to_autoawq
 
@@ -59,6 +60,12 @@ def awq_state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], int]:
     for pname, p in model.named_parameters():
         mod = pname.rpartition(".")[0]
         if mod in linears:
+            continue
+        if pname == "head_packed":  # the LM head (tied: the embedding) packed for the CPU kernel
+            args = model.args  # type: ignore[attr-defined]
+            rows = torch.arange(args.vocab_size)
+            head = dense_cpu.unpack_rows(p.data, rows, args.hidden_size).contiguous()
+            out["model.embed_tokens.weight" if args.tie_word_embeddings else "lm_head.weight"] = head
             continue
         key = pname if pname.startswith("lm_head.") else f"model.{pname}"
         out[key] = p.data.contiguous()

@@ -48,6 +48,9 @@ class Int4WeightOnly(QuantMethodBase):
     name = "int4"
     shard_local = True  # rounding is per (output row, input group)
     panel_kernel = True  # CPU fp32: repack into 64-column panels on first forward (module doc)
+    # read by the model: its fp32 LM head runs the dense panel kernel too (one packed copy;
+    # awq_format unpacks it when writing a checkpoint)
+    cpu_kernel = True
 
     def __init__(self, group_size: int = 64) -> None:
         if int(group_size) <= 0:
