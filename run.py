@@ -23,7 +23,8 @@ def main(cfg: DictConfig) -> None:
         task = get_method(cfg.task.fn)
         metrics = task(engine, cfg)
     metrics.update({"model": cfg.model.name, "attention": cfg.attention.name,
-                    "quant": cfg.quant.name, "spec": cfg.spec.name, "kernels": cfg.kernels.name})
+                    "quant": cfg.quant.name, "spec": cfg.spec.name, "kernels": cfg.kernels.name,
+                    "parallel": cfg.parallel.name})
     sink = instantiate(cfg.logger.sink)
     sink.log_summary(metrics, Path(HydraConfig.get().runtime.output_dir))
     sink.finish()
