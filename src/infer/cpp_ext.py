@@ -41,13 +41,15 @@ def load_cpp_extension(prefix: str, source: Path, cflags: list[str], what: str) 
 
     key = hashlib.sha256(source.read_bytes())
     key.update(str(source.resolve()).encode())
-    key.update(" ".join(cflags).encode())
+    key.update(" ".join([*cflags, "-fopenmp"]).encode())
     name = f"{prefix}_{key.hexdigest()[:10]}_{cpu_tag()}"
     build = default_cache_dir() / "torch_extensions" / f"torch{torch.__version__}" / name
     build.mkdir(parents=True, exist_ok=True)
     try:
-        return load_ext(name=name, sources=[str(source)], extra_cflags=cflags,
-                        build_directory=str(build), verbose=False)
+        # -fopenmp: at::parallel_for is a header template; compiled without OpenMP it runs
+        # its body on the calling thread only (the kernels would ignore torch's thread count)
+        return load_ext(name=name, sources=[str(source)], extra_cflags=[*cflags, "-fopenmp"],
+                        extra_ldflags=["-fopenmp"], build_directory=str(build), verbose=False)
     except Exception as e:  # noqa: BLE001 (no compiler, unsupported platform ...)
         warnings.warn(f"{what} unavailable, using the torch path: {e}", stacklevel=3)
         return None
