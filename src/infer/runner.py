@@ -80,23 +80,28 @@ class ModelRunner:
         """Forward the batch's fed tokens (committed + draft, ``ScheduledSeq.token_ids``);
         return fp32 logits [len(logit_rows), vocab] for the given packed rows (row r = r-th
         fed token of the packed batch)."""
+        ids, positions, ctx = self.prepare(batch, block_tables)
+        hidden = self.model(ids, positions, ctx)
+        rows = torch.tensor(logit_rows, dtype=torch.long, device=self.device)
+        return self.model.compute_logits(hidden.index_select(0, rows))
+
+    def prepare(
+        self, batch: list[ScheduledSeq], block_tables: list[list[int]]
+    ) -> tuple[torch.Tensor, torch.Tensor, ForwardContext]:
+        """The packed fed tokens of ``batch`` (committed, then this step's draft): token ids and
+        positions, int64 [T], and the attention context planned over them."""
         ids: list[int] = []
         pos: list[int] = []
         slices = []
         for item, table in zip(batch, block_tables):
             start, n = item.seq.num_computed_tokens, item.num_fed
-            ids.extend(item.token_ids)  # committed tokens, then this step's draft
+            ids.extend(item.token_ids)
             pos.extend(range(start, start + n))
             slices.append(SeqSlice(start, n, table))
         md = self.backend.plan(slices, self.kv.block_size, self.device)
-        ctx = ForwardContext(self.backend, md, self.kv_caches)
-        hidden = self.model(
-            torch.tensor(ids, dtype=torch.long, device=self.device),
-            torch.tensor(pos, dtype=torch.long, device=self.device),
-            ctx,
-        )
-        rows = torch.tensor(logit_rows, dtype=torch.long, device=self.device)
-        return self.model.compute_logits(hidden.index_select(0, rows))
+        return (torch.tensor(ids, dtype=torch.long, device=self.device),
+                torch.tensor(pos, dtype=torch.long, device=self.device),
+                ForwardContext(self.backend, md, self.kv_caches))
 
     def agree(self, accepted: dict[int, list[int] | Exception]) -> dict[int, list[int] | Exception]:
         """Accepted tokens per sequence id as every rank must commit them (one process: as

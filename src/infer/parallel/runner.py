@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import torch
 
-from infer.attention.base import SeqSlice
-from infer.forward_context import ForwardContext
 from infer.parallel.state import ParallelState
 from infer.runner import KVSpec, ModelRunner
 from infer.scheduler import ScheduledSeq
@@ -67,18 +65,10 @@ class ParallelModelRunner(ModelRunner):
         xs, rs = [], []
         tok0 = 0
         for i0, i1 in groups:
-            ids, pos, slices = [], [], []
-            for item, table in zip(batch[i0:i1], block_tables[i0:i1]):
-                start, n = item.seq.num_computed_tokens, item.num_fed
-                ids.extend(item.token_ids)
-                pos.extend(range(start, start + n))
-                slices.append(SeqSlice(start, n, table))
-            t = len(ids)
-            md = self.backend.plan(slices, self.kv.block_size, self.device)
-            ctx = ForwardContext(self.backend, md, self.kv_caches)
-            positions = torch.tensor(pos, dtype=torch.long, device=self.device)
+            ids, positions, ctx = self.prepare(batch[i0:i1], block_tables[i0:i1])
+            t = ids.shape[0]
             if st.is_first_stage:
-                x, res = m.embed(torch.tensor(ids, dtype=torch.long, device=self.device)), None
+                x, res = m.embed(ids), None
             else:
                 buf = torch.empty((2, t, self.hidden_size), dtype=self.dtype, device=self.device)
                 st.recv(buf, st.pp_rank - 1)
