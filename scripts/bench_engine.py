@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from infer import LLM, SamplingParams
+from infer import LLM, SamplingParams, hugepages
 from infer.eval.peers import (
     PEERS,
     Peer,
@@ -136,8 +136,10 @@ def weight_bytes(model: LlamaForCausalLM) -> int:
 
 
 def read_bandwidth(mb: int = 512, reps: int = 5) -> float:
-    """Memory read bandwidth in bytes/s: best of ``reps`` sums over an ``mb`` MB fp32 tensor."""
-    x = torch.ones(mb * 2**20 // 4)
+    """Memory read bandwidth in bytes/s: best of ``reps`` sums over an ``mb`` MB fp32 tensor,
+    on 2 MiB pages where the OS gives them, like the engine's packed weights (on 4 KiB pages
+    the probe is TLB-bound and reads slower than the weight stream it is meant to bound)."""
+    x = hugepages.empty((mb * 2**20 // 4,), torch.float32).fill_(1.0)
     best = float("inf")
     for _ in range(reps):
         t = time.perf_counter()

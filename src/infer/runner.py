@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from infer import hugepages
 from infer.attention.base import AttentionBackend, SeqSlice
 from infer.forward_context import ForwardContext
 from infer.models.llama import LlamaForCausalLM
@@ -34,6 +35,15 @@ class KVSpec:
     @property
     def num_tokens(self) -> int:
         return self.num_blocks * self.block_size
+
+
+def cache_tensor(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A zeroed KV-cache tensor. On CPU it lies on 2 MiB pages (``infer.hugepages``): decode
+    attention reads each sequence's blocks scattered over the whole cache, and on 4 KiB pages
+    nearly every 4 KiB block read is a TLB miss."""
+    if device.type == "cpu":
+        return hugepages.empty(shape, dtype).zero_()
+    return torch.zeros(shape, dtype=dtype, device=device)
 
 
 class ModelRunner:
@@ -65,8 +75,7 @@ class ModelRunner:
         def layer_cache(i: int) -> tuple[torch.Tensor, ...] | None:
             if i not in keep:
                 return None
-            kc = torch.zeros(k_shape, dtype=kv.dtype, device=device)
-            vc = torch.zeros(v_shape, dtype=kv.dtype, device=device)
+            kc, vc = cache_tensor(k_shape, kv.dtype, device), cache_tensor(v_shape, kv.dtype, device)
             if is_quantized(kv.dtype):  # codes + fp32 scales [NB, BS, Hk]
                 return QuantizedKVLayer(kc, vc, torch.zeros(sshape, device=device), torch.zeros(sshape, device=device))
             return KVLayer(kc, vc)

@@ -1,8 +1,8 @@
 """``attention=paged``: paged KV (block tables) with batched attention on any device.
 
-On CPU with fp32 KV (and ``cpu_kernel=True``) a compiled C++ kernel attends decodes and
-prefix-extending chunks in place over their blocks (see csrc/paged_attention_cpu.cpp);
-fresh prompts attend to their own new k/v with batched GEMMs. Otherwise, in torch: decodes (one query each) are attended together: their blocks are gathered into one padded
+On CPU with fp32 KV (and ``cpu_kernel=True``) a compiled C++ kernel attends the whole step
+in one call, in place over the blocks (decodes, verify rows, prefix-extending chunks and fresh
+prompts alike; see csrc/paged_attention_cpu.cpp). Otherwise, in torch: decodes (one query each) are attended together: their blocks are gathered into one padded
 [B, L, Hk, D] tensor and a single masked SDPA call covers the batch. Prefill chunks are
 attended per sequence (each is large, so the loop costs little); a chunk with no cached
 prefix attends to its fresh k/v directly without reading the cache back, but through
@@ -168,31 +168,13 @@ class PagedTorchBackend:
     ) -> torch.Tensor:
         md = metadata
         if self.use_kernel:
-            # decodes and prefix extensions: the C++ kernel (memory-bound, reads each block
-            # once); whole fresh prompts: GEMMs on their own k/v (compute-bound)
+            # one call for the whole step (decodes, verify rows, extensions, fresh prompts):
+            # the kernel reads each K/V slice once per tile of (token, head) rows
             k_cache, v_cache = kv_cache
             cpu_kernel.store_kv(k, v, k_cache, v_cache, md.slot_mapping)
-
-            def decodes(qd: torch.Tensor, nd: int) -> torch.Tensor:
-                # one call for every decode and verify row (causal within each sequence)
-                return cpu_kernel.paged_attention(
-                    qd, k_cache, v_cache, md.block_tables[:nd], md.query_start_loc[: nd + 1],
-                    md.context_lens[:nd], scale,
-                )
-
-            def extend(i: int, qi: torch.Tensor) -> torch.Tensor:
-                qsl = torch.tensor([0, qi.shape[0]], dtype=torch.int32)
-                return cpu_kernel.paged_attention(
-                    qi, k_cache, v_cache, md.block_tables[i : i + 1], qsl,
-                    md.context_lens[i : i + 1], scale,
-                )
-
-            def fresh(qi: torch.Tensor, ki: torch.Tensor, vi: torch.Tensor, s: float) -> torch.Tensor:
-                # the kernel's caches hold fp32 as given, so as_stored is the identity here;
-                # kept so this path stays exact if the kernel ever takes other cache dtypes
-                return causal_prefill(qi, as_stored(ki, kv_cache, 0), as_stored(vi, kv_cache, 1), s)
-
-            return _split_attend(q, k, v, md, scale, decodes, fresh, extend)
+            return cpu_kernel.paged_attention(
+                q, k_cache, v_cache, md.block_tables, md.query_start_loc, md.context_lens, scale
+            )
 
         store_kv(k, v, kv_cache, md.slot_mapping)
 

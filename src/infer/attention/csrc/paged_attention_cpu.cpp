@@ -1,29 +1,282 @@
 // Paged attention for CPU (fp32): every query token of every sequence attends, causally,
-// to its sequence's cached keys, read in place from the block-table KV cache.
-//
-// Why a kernel: in torch, decode attention must gather each sequence's blocks into a padded
-// dense tensor (and expand GQA heads) before SDPA, moving several times the KV bytes. Here
-// each K/V block is read once per (token, kv head), the G query heads sharing it are
-// processed together, and softmax is online per block (flash-decoding style).
+// to its sequence's cached keys, read in place from the block-table KV cache. One call
+// serves a whole step: decodes, verify rows, prefix extensions and fresh prompts.
 //
 // Cache layout (chosen so the inner loops are unit-stride SIMD with no horizontal sums):
-//   k_cache [NB, Hk, D, BS]  (keys transposed within a block: scores for BS keys = BS lanes)
+//   k_cache [NB, Hk, D, BS]  (keys transposed within a block: scores for 16 keys = 1 vector)
 //   v_cache [NB, Hk, BS, D]
 // q, out [T, Hq, D]; block_tables int32 [B, MB]; query_start_loc int32 [B+1];
 // context_lens int32 [B] (cached + new tokens). Query i of sequence b (0-based among its n
 // new tokens) sits at position c - n + i and sees keys 0..c-n+i.
+//
+// Work: the rows (query token, query head) of one (sequence, kv head) are cut into tiles of
+// up to kRows rows; a tile reads each 16-key slice of K/V once for all its rows (GQA heads
+// and neighbouring prompt tokens share it), with the scores in registers (QK: one K vector
+// load, one broadcast FMA per row and d) and flash-style online softmax per slice. Prefill
+// is then FMA-bound instead of load/store-bound, and causal tiles stop at their last key.
+// Tiles go to threads through a shared counter, longest first (causal tiles differ in cost).
+// Head dims that are not a multiple of 16 (or blocks not a multiple of 16 keys) take a
+// scalar-vector loop with the same arithmetic order per row.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
 
 namespace {
 
-constexpr int kMaxGroup = 16;
+constexpr int kRows = 8;    // rows per tile: 8 score vectors + 1 K vector in registers
+constexpr int kLanes = 16;  // keys per slice (one 512-bit vector of fp32)
+constexpr int kPrefetch = 2;  // slices ahead whose K/V lines are prefetched
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// GCC/Clang vector extensions: 16 floats, AVX-512 under -march=native where the CPU has it,
+// otherwise split by the compiler into narrower registers (same results).
+typedef float vf __attribute__((vector_size(64), aligned(4)));
+typedef int32_t vi __attribute__((vector_size(64), aligned(4)));
+
+inline vf load(const float* p) { return *reinterpret_cast<const vf*>(p); }
+inline void store(float* p, vf v) { *reinterpret_cast<vf*>(p) = v; }
+inline vf splat(float x) { return vf{} + x; }
+
+inline float hmax(vf v) {
+  float m = v[0];
+  for (int i = 1; i < kLanes; ++i) m = std::max(m, v[i]);
+  return m;
+}
+inline float hsum(vf v) {
+  float s = 0.f;
+  for (int i = 0; i < kLanes; ++i) s += v[i];
+  return s;
+}
+
+// exp(x) for a vector, x <= 0 here (scores minus their running max). Cody-Waite range
+// reduction x = n ln2 + r, |r| <= ln2/2, then a degree-6 polynomial for e^r (relative error
+// ~1e-7, the same order as expf's); -inf and anything below -87 give 0.
+inline vf vexp(vf x) {
+  const vf lo = splat(-87.3f);
+  vi under = x < lo;
+  x = x < lo ? lo : x;
+  vf n = x * 1.44269504088896341f;
+  // round to nearest: add and subtract 1.5 * 2^23
+  n = (n + 12582912.f) - 12582912.f;
+  vf r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  vf p = splat(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.f;
+  vi e = (__builtin_convertvector(n, vi) + 127) << 23;
+  vf scale;
+  std::memcpy(&scale, &e, sizeof(scale));
+  vf out = p * scale;
+  return under ? splat(0.f) : out;
+}
+
+struct Row {
+  const float* q;  // [D]
+  float* out;      // [D]
+  int32_t limit;   // keys [0, limit) are visible
+};
+
+struct Tile {
+  int32_t seq, head, first, count;  // rows [first, first + count) of (seq, kv head)
+  int64_t cost;
+};
+
+struct Ctx {
+  const float* q;
+  float* out;
+  const float* k;
+  const float* v;
+  const int32_t* bt;
+  const int32_t* qsl;
+  const int32_t* ctx;
+  int64_t Hq, Hk, G, D, BS, MB;
+  float scale;
+
+  Row row(int64_t b, int64_t h, int64_t i) const {  // i-th row of (b, h): token i / G, head i % G
+    const int64_t n = qsl[b + 1] - qsl[b];
+    const int64_t t = qsl[b] + i / G;
+    const int64_t hq = h * G + i % G;
+    return Row{q + (t * Hq + hq) * D, out + (t * Hq + hq) * D,
+               static_cast<int32_t>(ctx[b] - n + (t - qsl[b]) + 1)};
+  }
+  const float* kblock(int64_t b, int64_t h, int64_t jb) const {
+    return k + (static_cast<int64_t>(bt[b * MB + jb]) * Hk + h) * D * BS;
+  }
+  const float* vblock(int64_t b, int64_t h, int64_t jb) const {
+    return v + (static_cast<int64_t>(bt[b * MB + jb]) * Hk + h) * BS * D;
+  }
+};
+
+// acc[r] = acc[r] * corr[r] + sum_{j < jmax} p[r][j] V[j] for R rows, in groups of G rows
+// whose accumulators (G x DV vectors) stay in registers while V streams by once per group.
+template <int R, int DV, int G = (24 / DV > 0 ? 24 / DV : 1)>
+inline void pv_rows(float (*acc)[16 * DV], const float (*p)[kLanes], const float* corr, const float* vb,
+                    int jmax) {
+  constexpr int D = 16 * DV;
+  for (int r0 = 0; r0 < R; r0 += G) {
+    constexpr int kG = G < R ? G : R;
+    const int n = std::min(kG, R - r0);
+    vf a[kG][DV];
+    for (int r = 0; r < kG; ++r)
+      if (r < n)
+        for (int dv = 0; dv < DV; ++dv) a[r][dv] = load(acc[r0 + r] + 16 * dv) * corr[r0 + r];
+    for (int j = 0; j < jmax; ++j) {
+      vf v[DV];
+      for (int dv = 0; dv < DV; ++dv) v[dv] = load(vb + j * D + 16 * dv);
+      for (int r = 0; r < kG; ++r)
+        if (r < n) {
+          const float pj = p[r0 + r][j];
+          for (int dv = 0; dv < DV; ++dv) a[r][dv] += pj * v[dv];
+        }
+    }
+    for (int r = 0; r < kG; ++r)
+      if (r < n)
+        for (int dv = 0; dv < DV; ++dv) store(acc[r0 + r] + 16 * dv, a[r][dv]);
+  }
+}
+
+// One tile of R rows, head dim D = 16 * DV, BS a multiple of 16.
+template <int R, int DV>
+void attend_tile(const Ctx& c, int64_t b, int64_t h, int64_t first) {
+  constexpr int D = 16 * DV;
+  alignas(64) float qs[R][D];
+  alignas(64) float acc[R][D];
+  alignas(64) float p[R][kLanes];
+  float m[R], l[R];
+  int32_t lim[R];
+  float* outp[R];
+  int32_t max_lim = 0, min_lim = std::numeric_limits<int32_t>::max();
+  for (int r = 0; r < R; ++r) {
+    const Row row = c.row(b, h, first + r);
+    for (int d = 0; d < D; ++d) qs[r][d] = row.q[d] * c.scale;
+    std::fill(acc[r], acc[r] + D, 0.f);
+    m[r] = kNegInf;
+    l[r] = 0.f;
+    lim[r] = row.limit;
+    outp[r] = row.out;
+    max_lim = std::max(max_lim, row.limit);
+    min_lim = std::min(min_lim, row.limit);
+  }
+  const vi lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  const int64_t BS = c.BS;
+  for (int64_t k0 = 0; k0 < max_lim; k0 += kLanes) {
+    const int64_t jb = k0 / BS, j0 = k0 % BS;
+    const float* kt = c.kblock(b, h, jb) + j0;  // [D][BS], this slice's 16 columns
+    const float* vb = c.vblock(b, h, jb) + j0 * D;
+    // the slice kPrefetch slices ahead, one K line and one V line per d below: each block
+    // (4 KiB per head) starts a stream the hardware prefetcher picks up late, and issuing
+    // them spread over the loop keeps the miss buffers free for the demand loads
+    const int64_t k1 = k0 + kPrefetch * kLanes;
+    const bool pf = kPrefetch > 0 && k1 < max_lim;
+    const float* kn = pf ? c.kblock(b, h, k1 / BS) + k1 % BS : kt;
+    const float* vn = pf ? c.vblock(b, h, k1 / BS) + (k1 % BS) * D : vb;
+    // scores: NP partial sums per row over interleaved d, so at least ~6 independent FMA
+    // chains are in flight (a 4-cycle FMA latency would otherwise bound a 3-row decode tile)
+    constexpr int NP = R >= 4 ? 1 : (R == 1 ? 4 : 2);
+    vf sp[NP][R];
+    for (int i = 0; i < NP; ++i)
+      for (int r = 0; r < R; ++r) sp[i][r] = vf{};
+    for (int d = 0; d < D; d += NP) {
+      if (pf) {
+        for (int i = 0; i < NP; ++i) {
+          __builtin_prefetch(kn + (d + i) * BS, 0, 1);
+          __builtin_prefetch(vn + (d + i) * kLanes, 0, 1);  // D lines of 16 floats = the slice's 16 x D values
+        }
+      }
+      for (int i = 0; i < NP; ++i) {
+        const vf kv = load(kt + (d + i) * BS);
+        for (int r = 0; r < R; ++r) sp[i][r] += qs[r][d + i] * kv;
+      }
+    }
+    vf s[R];
+    for (int r = 0; r < R; ++r) {
+      s[r] = sp[0][r];
+      for (int i = 1; i < NP; ++i) s[r] += sp[i][r];
+    }
+    // online softmax, row by row: p = exp(s - m), the old sums scaled by corr
+    const bool masked = k0 + kLanes > min_lim;
+    float corr[R];
+    int jmax = 0;  // keys of this slice the tile's rows see (V rows past it are never read)
+    for (int r = 0; r < R; ++r) {
+      if (masked) {
+        const int64_t nk = std::clamp<int64_t>(lim[r] - k0, 0, kLanes);
+        if (nk == 0) {  // past this row's causal limit: nothing to add
+          store(p[r], vf{});
+          corr[r] = 1.f;
+          continue;
+        }
+        jmax = std::max<int>(jmax, static_cast<int>(nk));
+        const vi hide = (lane + static_cast<int32_t>(k0)) >= lim[r];
+        s[r] = hide ? splat(kNegInf) : s[r];  // -> p = 0 exactly
+      } else {
+        jmax = kLanes;
+      }
+      const float new_m = std::max(m[r], hmax(s[r]));
+      corr[r] = std::exp(m[r] - new_m);  // 0 on the first slice (m = -inf)
+      const vf e = vexp(s[r] - new_m);
+      l[r] = l[r] * corr[r] + hsum(e);
+      m[r] = new_m;
+      store(p[r], e);
+    }
+    // PV: rows in register groups, each V row loaded once per group. Keys below jmax are
+    // stored context for some row of the tile (finite); a row that must not see one has p = 0
+    pv_rows<R, DV>(acc, p, corr, vb, jmax);
+  }
+  for (int r = 0; r < R; ++r) {
+    const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
+    for (int d = 0; d < D; ++d) outp[r][d] = acc[r][d] * inv;
+  }
+}
+
+template <int DV>
+void attend_tile_dv(const Ctx& c, int64_t b, int64_t h, int64_t first, int count) {
+  switch (count) {
+    case 1: return attend_tile<1, DV>(c, b, h, first);
+    case 2: return attend_tile<2, DV>(c, b, h, first);
+    case 3: return attend_tile<3, DV>(c, b, h, first);
+    case 4: return attend_tile<4, DV>(c, b, h, first);
+    case 5: return attend_tile<5, DV>(c, b, h, first);
+    case 6: return attend_tile<6, DV>(c, b, h, first);
+    case 7: return attend_tile<7, DV>(c, b, h, first);
+    default: return attend_tile<8, DV>(c, b, h, first);
+  }
+}
+
+// Any D / BS: one row at a time, one key at a time (rarely used head sizes).
+void attend_rows_generic(const Ctx& c, int64_t b, int64_t h, int64_t first, int count) {
+  const int64_t D = c.D, BS = c.BS;
+  std::vector<float> acc(D), qs(D);
+  for (int r = 0; r < count; ++r) {
+    const Row row = c.row(b, h, first + r);
+    for (int64_t d = 0; d < D; ++d) qs[d] = row.q[d] * c.scale;
+    std::fill(acc.begin(), acc.end(), 0.f);
+    float m = kNegInf, l = 0.f;
+    for (int64_t j = 0; j < row.limit; ++j) {
+      const float* kt = c.kblock(b, h, j / BS) + j % BS;
+      float s = 0.f;
+      for (int64_t d = 0; d < D; ++d) s += qs[d] * kt[d * BS];
+      const float new_m = std::max(m, s);
+      const float corr = std::exp(m - new_m), e = std::exp(s - new_m);
+      l = l * corr + e;
+      m = new_m;
+      const float* vrow = c.vblock(b, h, j / BS) + (j % BS) * D;
+      for (int64_t d = 0; d < D; ++d) acc[d] = acc[d] * corr + e * vrow[d];
+    }
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+    for (int64_t d = 0; d < D; ++d) row.out[d] = acc[d] * inv;
+  }
+}
 
 void check_common(const torch::Tensor& q, const torch::Tensor& k_cache, const torch::Tensor& v_cache) {
   TORCH_CHECK(q.dtype() == torch::kFloat32 && k_cache.dtype() == torch::kFloat32 &&
@@ -48,17 +301,21 @@ void store_kv_fwd(torch::Tensor k, torch::Tensor v, torch::Tensor k_cache, torch
   float* kc = k_cache.data_ptr<float>();
   float* vc = v_cache.data_ptr<float>();
   const int64_t* sm = slot_mapping.data_ptr<int64_t>();
-  for (int64_t t = 0; t < T; ++t) {
-    const int64_t slot = sm[t];
-    if (slot < 0) continue;
-    const int64_t blk = slot / BS, off = slot % BS;
-    for (int64_t h = 0; h < Hk; ++h) {
-      const float* ks = kp + (t * Hk + h) * D;
-      float* kd = kc + ((blk * Hk + h) * D) * BS + off;
-      for (int64_t d = 0; d < D; ++d) kd[d * BS] = ks[d];
-      std::copy(vp + (t * Hk + h) * D, vp + (t * Hk + h + 1) * D, vc + ((blk * Hk + h) * BS + off) * D);
+  // tokens own distinct slots, so chunks of tokens go to threads independently (a prompt's
+  // transposed K writes touch 64 lines per head and token: worth splitting for prefill)
+  at::parallel_for(0, T, 256, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t slot = sm[t];
+      if (slot < 0) continue;
+      const int64_t blk = slot / BS, off = slot % BS;
+      for (int64_t h = 0; h < Hk; ++h) {
+        const float* ks = kp + (t * Hk + h) * D;
+        float* kd = kc + ((blk * Hk + h) * D) * BS + off;
+        for (int64_t d = 0; d < D; ++d) kd[d * BS] = ks[d];
+        std::copy(vp + (t * Hk + h) * D, vp + (t * Hk + h + 1) * D, vc + ((blk * Hk + h) * BS + off) * D);
+      }
     }
-  }
+  });
 }
 
 torch::Tensor paged_attention_fwd(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache,
@@ -69,95 +326,55 @@ torch::Tensor paged_attention_fwd(torch::Tensor q, torch::Tensor k_cache, torch:
                   context_lens.dtype() == torch::kInt32,
               "paged_attention_cpu: int32 metadata required");
   auto bt = block_tables.contiguous();
-  const int64_t T = q.size(0), Hq = q.size(1), D = q.size(2);
+  auto qsl_t = query_start_loc.contiguous();
+  auto ctx_t = context_lens.contiguous();
+  const int64_t Hq = q.size(1), D = q.size(2);
   const int64_t Hk = k_cache.size(1), BS = k_cache.size(3);
   TORCH_CHECK(k_cache.size(2) == D, "k_cache must be [NB, Hk, D, BS]");
-  const int64_t B = context_lens.size(0), MB = bt.size(1);
   TORCH_CHECK(Hq % Hk == 0, "num_heads must be a multiple of num_kv_heads");
-  const int64_t G = Hq / Hk;
-  TORCH_CHECK(G <= kMaxGroup, "GQA group too large");
+  const int64_t B = ctx_t.size(0);
+  TORCH_CHECK(qsl_t.size(0) == B + 1, "query_start_loc must have B + 1 entries");
   auto out = torch::empty_like(q);
-  const float* qp = q.data_ptr<float>();
-  const float* kp = k_cache.data_ptr<float>();
-  const float* vp = v_cache.data_ptr<float>();
-  const int32_t* btp = bt.data_ptr<int32_t>();
-  const int32_t* qsl = query_start_loc.data_ptr<int32_t>();
-  const int32_t* ctx = context_lens.data_ptr<int32_t>();
-  float* op = out.data_ptr<float>();
+  Ctx c{q.data_ptr<float>(), out.data_ptr<float>(), k_cache.data_ptr<float>(), v_cache.data_ptr<float>(),
+        bt.data_ptr<int32_t>(), qsl_t.data_ptr<int32_t>(), ctx_t.data_ptr<int32_t>(),
+        Hq, Hk, Hq / Hk, D, BS, bt.size(1), static_cast<float>(scale)};
+  TORCH_CHECK(c.qsl[B] == q.size(0), "query_start_loc[-1] must equal the number of query tokens");
 
-  // token -> sequence map, so work splits evenly over (token, kv head) pairs
-  std::vector<int32_t> seq_of(T);
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t t = qsl[b]; t < qsl[b + 1]; ++t) seq_of[t] = static_cast<int32_t>(b);
-  const float fscale = static_cast<float>(scale);
-
-  at::parallel_for(0, T * Hk, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> acc(kMaxGroup * D), qs(kMaxGroup * D), s(kMaxGroup * BS);
-    float m[kMaxGroup], l[kMaxGroup];
-    for (int64_t w = begin; w < end; ++w) {
-      const int64_t t = w / Hk, h = w % Hk;
-      const int64_t b = seq_of[t];
-      const int64_t n = qsl[b + 1] - qsl[b];
-      const int64_t limit = ctx[b] - n + (t - qsl[b]) + 1;  // keys [0, limit)
-      const float* qrow = qp + (t * Hq + h * G) * D;
-      for (int64_t i = 0; i < G * D; ++i) qs[i] = qrow[i] * fscale;
-      std::fill(acc.begin(), acc.begin() + G * D, 0.f);
-      for (int g = 0; g < G; ++g) {
-        m[g] = kNegInf;
-        l[g] = 0.f;
+  // tiles: consecutive rows of one (sequence, kv head); cost ~ rows x keys of the last row
+  std::vector<Tile> tiles;
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t n = c.qsl[b + 1] - c.qsl[b];
+    TORCH_CHECK(n >= 0 && n <= c.ctx[b], "each sequence needs 0 <= new tokens <= context length");
+    TORCH_CHECK((c.ctx[b] + BS - 1) / BS <= c.MB, "block table too short for the context");
+    const int64_t rows = n * c.G;
+    for (int64_t h = 0; h < Hk; ++h)
+      for (int64_t i = 0; i < rows; i += kRows) {
+        const int32_t cnt = static_cast<int32_t>(std::min<int64_t>(kRows, rows - i));
+        const int64_t last = c.ctx[b] - n + (i + cnt - 1) / c.G + 1;
+        tiles.push_back({static_cast<int32_t>(b), static_cast<int32_t>(h), static_cast<int32_t>(i), cnt,
+                         last * (cnt + 4)});
       }
-      const int64_t nblocks = (limit + BS - 1) / BS;
-      for (int64_t jb = 0; jb < nblocks; ++jb) {
-        const int64_t blk = btp[b * MB + jb];
-        const int64_t nk = std::min<int64_t>(BS, limit - jb * BS);
-        const float* kt = kp + (blk * Hk + h) * D * BS;  // [D][BS]
-        const float* vb = vp + (blk * Hk + h) * BS * D;  // [BS][D]
-        // scores: s[g][j] = sum_d q[g][d] * K^T[d][j], vectorized over the BS keys
-        std::fill(s.begin(), s.begin() + G * BS, 0.f);
-        for (int64_t d = 0; d < D; ++d) {
-          const float* kd = kt + d * BS;
-          for (int g = 0; g < G; ++g) {
-            const float qv = qs[g * D + d];
-            float* sg = s.data() + g * BS;
-#pragma omp simd
-            for (int64_t j = 0; j < BS; ++j) sg[j] += qv * kd[j];
-          }
-        }
-        for (int g = 0; g < G; ++g) {
-          float* sg = s.data() + g * BS;
-          float bmax = kNegInf;
-          for (int64_t j = 0; j < nk; ++j) bmax = std::max(bmax, sg[j]);
-          const float new_m = std::max(m[g], bmax);
-          const float corr = std::exp(m[g] - new_m);  // 0 on the first block (m = -inf)
-          l[g] *= corr;
-          float* ag = acc.data() + g * D;
-#pragma omp simd
-          for (int64_t i = 0; i < D; ++i) ag[i] *= corr;
-          m[g] = new_m;
-          float lsum = 0.f;
-#pragma omp simd reduction(+ : lsum)
-          for (int64_t j = 0; j < nk; ++j) {
-            sg[j] = std::exp(sg[j] - new_m);
-            lsum += sg[j];
-          }
-          l[g] += lsum;
-        }
-        for (int64_t j = 0; j < nk; ++j) {
-          const float* vrow = vb + j * D;
-          for (int g = 0; g < G; ++g) {
-            const float p = s[g * BS + j];
-            float* ag = acc.data() + g * D;
-#pragma omp simd
-            for (int64_t i = 0; i < D; ++i) ag[i] += p * vrow[i];
-          }
-        }
-      }
-      for (int g = 0; g < G; ++g) {
-        float* o = op + (t * Hq + h * G + g) * D;
-        const float inv = l[g] > 0.f ? 1.f / l[g] : 0.f;
-        for (int64_t i = 0; i < D; ++i) o[i] = acc[g * D + i] * inv;
-      }
+  }
+  std::sort(tiles.begin(), tiles.end(), [](const Tile& a, const Tile& b) { return a.cost > b.cost; });
+  const bool fast = D % 16 == 0 && BS % 16 == 0 && (D == 64 || D == 128 || D == 32 || D == 256);
+  auto run = [&](const Tile& t) {
+    if (!fast) return attend_rows_generic(c, t.seq, t.head, t.first, t.count);
+    switch (D) {
+      case 32: return attend_tile_dv<2>(c, t.seq, t.head, t.first, t.count);
+      case 64: return attend_tile_dv<4>(c, t.seq, t.head, t.first, t.count);
+      case 128: return attend_tile_dv<8>(c, t.seq, t.head, t.first, t.count);
+      default: return attend_tile_dv<16>(c, t.seq, t.head, t.first, t.count);
     }
+  };
+  const int64_t nt = static_cast<int64_t>(tiles.size());
+  const int64_t workers = std::min<int64_t>(at::get_num_threads(), nt);
+  if (workers <= 1) {
+    for (const Tile& t : tiles) run(t);
+    return out;
+  }
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    for (int64_t i = next.fetch_add(1); i < nt; i = next.fetch_add(1)) run(tiles[i]);
   });
   return out;
 }
