@@ -18,6 +18,8 @@ from types import ModuleType
 
 import torch
 
+INCLUDE = Path(__file__).parent / "csrc"  # headers shared by the extensions (vec_math.h)
+
 
 def cpu_tag() -> str:
     """Short hash of the CPU flags (the builds use -march=native)."""
@@ -40,6 +42,8 @@ def load_cpp_extension(prefix: str, source: Path, cflags: list[str], what: str) 
     from infer.models.sources import default_cache_dir
 
     key = hashlib.sha256(source.read_bytes())
+    for header in sorted(INCLUDE.glob("*.h")):  # shared headers: an edit rebuilds every user
+        key.update(header.read_bytes())
     key.update(str(source.resolve()).encode())
     key.update(" ".join([*cflags, "-fopenmp"]).encode())
     name = f"{prefix}_{key.hexdigest()[:10]}_{cpu_tag()}"
@@ -49,6 +53,7 @@ def load_cpp_extension(prefix: str, source: Path, cflags: list[str], what: str) 
         # -fopenmp: at::parallel_for is a header template; compiled without OpenMP it runs
         # its body on the calling thread only (the kernels would ignore torch's thread count)
         return load_ext(name=name, sources=[str(source)], extra_cflags=[*cflags, "-fopenmp"],
+                        extra_include_paths=[str(INCLUDE)],
                         extra_ldflags=["-fopenmp"], build_directory=str(build), verbose=False)
     except Exception as e:  # noqa: BLE001 (no compiler, unsupported platform ...)
         warnings.warn(f"{what} unavailable, using the torch path: {e}", stacklevel=3)

@@ -135,3 +135,15 @@ def test_resolution() -> None:
     assert mixed.impls["rms_norm"] == "cpp"
     with pytest.raises(ValueError, match="kernels.impl=cpp runs on CPU only"):
         resolve_ops("cpp", None, "cuda")
+
+
+def test_silu_and_mul_vector_exp_extremes(mod) -> None:  # type: ignore[no-untyped-def]
+    """The fp32 path's vector exp at the ends of its range (0 below -87, inf above 88) and at
+    +-inf / NaN: SiLU must still equal the torch path's (-0 or g itself at the ends)."""
+    g = torch.tensor([-1e4, -120.0, -88.5, -87.0, -20.0, -1e-3, 0.0, 1e-3, 20.0, 87.5, 88.5, 120.0, 1e4,
+                      float("-inf"), float("inf"), float("nan")] * 2)
+    x = torch.cat([g, torch.linspace(-3, 3, g.numel())])[None]
+    got, want = mod.silu_and_mul(x), _silu_and_mul_torch(x)
+    assert torch.equal(got.isnan(), want.isnan())
+    ok = ~want.isnan()
+    torch.testing.assert_close(got[ok], want[ok], rtol=2e-6, atol=1e-30)

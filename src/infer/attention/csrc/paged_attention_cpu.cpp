@@ -28,58 +28,23 @@
 #include <limits>
 #include <vector>
 
+#include "vec_math.h"
+
 namespace {
 
+using infer_vec::hmax;
+using infer_vec::hsum;
+using infer_vec::kLanes;
+using infer_vec::load;
+using infer_vec::splat;
+using infer_vec::store;
+using infer_vec::vexp;
+using infer_vec::vf;
+using infer_vec::vi;
+
 constexpr int kRows = 8;    // rows per tile: 8 score vectors + 1 K vector in registers
-constexpr int kLanes = 16;  // keys per slice (one 512-bit vector of fp32)
-constexpr int kPrefetch = 2;  // slices ahead whose K/V lines are prefetched
+constexpr int kPrefetch = 2;  // slices ahead whose K/V lines are prefetched (into L2)
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-
-// GCC/Clang vector extensions: 16 floats, AVX-512 under -march=native where the CPU has it,
-// otherwise split by the compiler into narrower registers (same results).
-typedef float vf __attribute__((vector_size(64), aligned(4)));
-typedef int32_t vi __attribute__((vector_size(64), aligned(4)));
-
-inline vf load(const float* p) { return *reinterpret_cast<const vf*>(p); }
-inline void store(float* p, vf v) { *reinterpret_cast<vf*>(p) = v; }
-inline vf splat(float x) { return vf{} + x; }
-
-inline float hmax(vf v) {
-  float m = v[0];
-  for (int i = 1; i < kLanes; ++i) m = std::max(m, v[i]);
-  return m;
-}
-inline float hsum(vf v) {
-  float s = 0.f;
-  for (int i = 0; i < kLanes; ++i) s += v[i];
-  return s;
-}
-
-// exp(x) for a vector, x <= 0 here (scores minus their running max). Cody-Waite range
-// reduction x = n ln2 + r, |r| <= ln2/2, then a degree-6 polynomial for e^r (relative error
-// ~1e-7, the same order as expf's); -inf and anything below -87 give 0.
-inline vf vexp(vf x) {
-  const vf lo = splat(-87.3f);
-  vi under = x < lo;
-  x = x < lo ? lo : x;
-  vf n = x * 1.44269504088896341f;
-  // round to nearest: add and subtract 1.5 * 2^23
-  n = (n + 12582912.f) - 12582912.f;
-  vf r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  vf p = splat(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.f;
-  vi e = (__builtin_convertvector(n, vi) + 127) << 23;
-  vf scale;
-  std::memcpy(&scale, &e, sizeof(scale));
-  vf out = p * scale;
-  return under ? splat(0.f) : out;
-}
 
 struct Row {
   const float* q;  // [D]

@@ -1,0 +1,62 @@
+// SIMD helpers shared by the CPU extensions, written with GCC/Clang vector extensions: a vf
+// is 16 fp32 lanes, compiled to AVX-512 under -march=native where the CPU has it and split
+// into narrower registers otherwise (same results either way).
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+namespace infer_vec {
+
+constexpr int kLanes = 16;
+
+typedef float vf __attribute__((vector_size(64), aligned(4)));    // unaligned loads allowed
+typedef int32_t vi __attribute__((vector_size(64), aligned(4)));
+
+inline vf load(const float* p) { return *reinterpret_cast<const vf*>(p); }
+inline void store(float* p, vf v) { *reinterpret_cast<vf*>(p) = v; }
+inline vf splat(float x) { return vf{} + x; }
+
+inline float hmax(vf v) {
+  float m = v[0];
+  for (int i = 1; i < kLanes; ++i) m = std::max(m, v[i]);
+  return m;
+}
+
+inline float hsum(vf v) {
+  float s = 0.f;
+  for (int i = 0; i < kLanes; ++i) s += v[i];
+  return s;
+}
+
+// e^x per lane. Cody-Waite reduction x = n ln2 + r (|r| <= ln2/2), a degree-6 polynomial for
+// e^r (relative error ~1e-7, the order of libm's expf), 2^n put into the exponent bits.
+// Below -87.3 the result is 0 (exactly 0 for -inf); above 88 it is +inf (the true value is
+// within 2x of FLT_MAX there); NaN stays NaN. libm's expf is a scalar call per element: this
+// keeps the softmax and SiLU loops in vector registers.
+inline vf vexp(vf x) {
+  const vi under = x < -87.3f;
+  const vi over = x > 88.0f;
+  x = under ? splat(-87.3f) : x;
+  x = over ? splat(88.0f) : x;
+  vf n = x * 1.44269504088896341f;
+  n = (n + 12582912.f) - 12582912.f;  // round to nearest: add and subtract 1.5 * 2^23
+  vf r = x - n * 0.693359375f;        // ln2 split in two for an exact first product
+  r = r - n * -2.12194440e-4f;
+  vf p = splat(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.f;
+  const vi e = (__builtin_convertvector(n, vi) + 127) << 23;
+  vf scale;
+  std::memcpy(&scale, &e, sizeof(scale));
+  vf out = p * scale;
+  out = under ? splat(0.f) : out;
+  return over ? splat(__builtin_inff()) : out;
+}
+
+}  // namespace infer_vec
