@@ -23,6 +23,7 @@ from infer.runner import KVSpec, ModelRunner
 from infer.sampling import Sampler
 from infer.scheduler import Scheduler
 from infer.spec.factory import TargetContext, build_spec
+from infer.malloc_tuning import keep_freed_memory
 from infer.utils import available_cores, parse_device, parse_dtype, set_threads
 
 
@@ -61,6 +62,8 @@ def build(cfg: DictConfig) -> Engine:
         # the ranks on this node share its cores instead of each taking all of them
         threads = max(1, available_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", state.world_size)))
     set_threads(threads)
+    if device.type == "cpu":
+        keep_freed_memory()  # activations reuse mapped memory instead of page-faulting anew
     dtype = parse_dtype(cfg.model.dtype)
     folder = resolve_model_path(cfg.model.path, cfg.get("cache_dir"))
     # before the weights, so a missing tokenizer fails fast; None = token ids only
