@@ -105,3 +105,29 @@ def test_bad_metadata_is_refused() -> None:
         cpu_kernel.paged_attention(q, kc, vc, bt, qsl, torch.tensor([1, 9], dtype=torch.int32), 0.125)
     with pytest.raises(RuntimeError, match="query_start_loc"):
         cpu_kernel.paged_attention(q, kc, vc, bt, qsl[:2], cl[:1] * 0 + 5, 0.125)
+
+
+def test_strided_views_of_a_fused_qkv_row_are_read_in_place() -> None:
+    """The model passes q, k, v as views into one [T, (Hq + 2 Hk) D] projection output."""
+    hq, hk, d, bs, n = 9, 3, 64, 16, 37
+    g = torch.Generator().manual_seed(5)
+    qkv = torch.randn(n, (hq + 2 * hk) * d, generator=g)
+    q = qkv[:, : hq * d].view(n, hq, d)
+    k = qkv[:, hq * d : (hq + hk) * d].view(n, hk, d)
+    v = qkv[:, (hq + hk) * d :].view(n, hk, d)
+    assert not q.is_contiguous() and not k.is_contiguous()
+    nb = (n + bs - 1) // bs
+    shapes = cpu_kernel.kv_cache_shapes(nb, bs, hk, d)
+    caches = [torch.zeros(s) for s in shapes]
+    caches2 = [torch.zeros(s) for s in shapes]
+    slots = torch.arange(n, dtype=torch.int64)
+    cpu_kernel.store_kv(k, v, *caches, slots)
+    cpu_kernel.store_kv(k.contiguous(), v.contiguous(), *caches2, slots)
+    assert all(torch.equal(a, b) for a, b in zip(caches, caches2))
+    meta = (torch.arange(nb, dtype=torch.int32)[None], torch.tensor([0, n], dtype=torch.int32),
+            torch.tensor([n], dtype=torch.int32))
+    strided = cpu_kernel.paged_attention(q, *caches, *meta, 0.125)
+    dense = cpu_kernel.paged_attention(q.contiguous(), *caches, *meta, 0.125)
+    assert torch.equal(strided, dense)
+    ref = _reference(q, [(k, v)], [n], [n], 0.125)
+    torch.testing.assert_close(strided.double(), ref, atol=2e-5, rtol=2e-5)

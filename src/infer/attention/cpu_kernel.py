@@ -43,9 +43,12 @@ def store_kv(
     k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
 ) -> None:
-    """Write k/v [T, Hk, D] into the kernel-layout caches at int64 ``slot_mapping`` [T]."""
+    """Write k/v [T, Hk, D] (views with a unit last stride are read in place) into the
+    kernel-layout caches at int64 ``slot_mapping`` [T]."""
     mod = load()
     assert mod is not None
+    k = k if k.stride(-1) == 1 else k.contiguous()
+    v = v if v.stride(-1) == 1 else v.contiguous()
     mod.store_kv_fwd(k, v, k_cache, v_cache, slot_mapping)
 
 
@@ -58,10 +61,10 @@ def paged_attention(
     context_lens: torch.Tensor,
     scale: float,
 ) -> torch.Tensor:
-    """Causal paged attention, fp32 CPU. q [T, Hq, D]; caches in ``kv_cache_shapes`` layout;
+    """Causal paged attention, fp32 CPU. q [T, Hq, D] (a strided view is read in place); caches in ``kv_cache_shapes`` layout;
     block_tables/query_start_loc/context_lens int32. Returns [T, Hq, D]."""
     mod = load()
     assert mod is not None
     return mod.paged_attention_fwd(
-        q.contiguous(), k_cache, v_cache, block_tables, query_start_loc, context_lens, scale
+        q if q.stride(-1) == 1 else q.contiguous(), k_cache, v_cache, block_tables, query_start_loc, context_lens, scale
     )

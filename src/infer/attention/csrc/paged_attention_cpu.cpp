@@ -58,21 +58,21 @@ struct Tile {
 };
 
 struct Ctx {
-  const float* q;
-  float* out;
+  const float* q;  // [T, Hq, D] with strides (qs0, qs1, 1): a view into the fused qkv row
+  float* out;      // [T, Hq, D] contiguous
   const float* k;
   const float* v;
   const int32_t* bt;
   const int32_t* qsl;
   const int32_t* ctx;
-  int64_t Hq, Hk, G, D, BS, MB;
+  int64_t Hq, Hk, G, D, BS, MB, qs0, qs1;
   float scale;
 
   Row row(int64_t b, int64_t h, int64_t i) const {  // i-th row of (b, h): token i / G, head i % G
     const int64_t n = qsl[b + 1] - qsl[b];
     const int64_t t = qsl[b] + i / G;
     const int64_t hq = h * G + i % G;
-    return Row{q + (t * Hq + hq) * D, out + (t * Hq + hq) * D,
+    return Row{q + t * qs0 + hq * qs1, out + (t * Hq + hq) * D,
                static_cast<int32_t>(ctx[b] - n + (t - qsl[b]) + 1)};
   }
   const float* kblock(int64_t b, int64_t h, int64_t jb) const {
@@ -247,22 +247,22 @@ void check_common(const torch::Tensor& q, const torch::Tensor& k_cache, const to
   TORCH_CHECK(q.dtype() == torch::kFloat32 && k_cache.dtype() == torch::kFloat32 &&
                   v_cache.dtype() == torch::kFloat32,
               "paged_attention_cpu: fp32 only");
-  TORCH_CHECK(q.is_contiguous() && k_cache.is_contiguous() && v_cache.is_contiguous(),
-              "paged_attention_cpu: contiguous tensors required");
+  TORCH_CHECK(q.dim() == 3 && q.stride(2) == 1, "paged_attention_cpu: q/k/v must be [T, H, D] with a unit last stride");
+  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(), "paged_attention_cpu: contiguous caches required");
 }
 
 }  // namespace
 
-// Write k/v [T, Hk, D] into their slots (slot = block * BS + offset; < 0 = skip).
+// Write k/v [T, Hk, D] (any strides with a unit last stride) into their slots (slot = block * BS + offset; < 0 = skip).
 void store_kv_fwd(torch::Tensor k, torch::Tensor v, torch::Tensor k_cache, torch::Tensor v_cache,
                   torch::Tensor slot_mapping) {
-  k = k.contiguous();
-  v = v.contiguous();
   check_common(k, k_cache, v_cache);
+  check_common(v, k_cache, v_cache);
   TORCH_CHECK(slot_mapping.dtype() == torch::kInt64, "slot_mapping must be int64");
   const int64_t T = k.size(0), Hk = k.size(1), D = k.size(2), BS = k_cache.size(3);
   const float* kp = k.data_ptr<float>();
   const float* vp = v.data_ptr<float>();
+  const int64_t ks0 = k.stride(0), ks1 = k.stride(1), vs0 = v.stride(0), vs1 = v.stride(1);
   float* kc = k_cache.data_ptr<float>();
   float* vc = v_cache.data_ptr<float>();
   const int64_t* sm = slot_mapping.data_ptr<int64_t>();
@@ -274,10 +274,11 @@ void store_kv_fwd(torch::Tensor k, torch::Tensor v, torch::Tensor k_cache, torch
       if (slot < 0) continue;
       const int64_t blk = slot / BS, off = slot % BS;
       for (int64_t h = 0; h < Hk; ++h) {
-        const float* ks = kp + (t * Hk + h) * D;
+        const float* ks = kp + t * ks0 + h * ks1;
+        const float* vs = vp + t * vs0 + h * vs1;
         float* kd = kc + ((blk * Hk + h) * D) * BS + off;
         for (int64_t d = 0; d < D; ++d) kd[d * BS] = ks[d];
-        std::copy(vp + (t * Hk + h) * D, vp + (t * Hk + h + 1) * D, vc + ((blk * Hk + h) * BS + off) * D);
+        std::copy(vs, vs + D, vc + ((blk * Hk + h) * BS + off) * D);
       }
     }
   });
@@ -299,10 +300,10 @@ torch::Tensor paged_attention_fwd(torch::Tensor q, torch::Tensor k_cache, torch:
   TORCH_CHECK(Hq % Hk == 0, "num_heads must be a multiple of num_kv_heads");
   const int64_t B = ctx_t.size(0);
   TORCH_CHECK(qsl_t.size(0) == B + 1, "query_start_loc must have B + 1 entries");
-  auto out = torch::empty_like(q);
+  auto out = torch::empty({q.size(0), Hq, D}, q.options());
   Ctx c{q.data_ptr<float>(), out.data_ptr<float>(), k_cache.data_ptr<float>(), v_cache.data_ptr<float>(),
         bt.data_ptr<int32_t>(), qsl_t.data_ptr<int32_t>(), ctx_t.data_ptr<int32_t>(),
-        Hq, Hk, Hq / Hk, D, BS, bt.size(1), static_cast<float>(scale)};
+        Hq, Hk, Hq / Hk, D, BS, bt.size(1), q.stride(0), q.stride(1), static_cast<float>(scale)};
   TORCH_CHECK(c.qsl[B] == q.size(0), "query_start_loc[-1] must equal the number of query tokens");
 
   // tiles: consecutive rows of one (sequence, kv head); cost ~ rows x keys of the last row
