@@ -336,14 +336,23 @@ void run(const T* x, const W* wp, const T* bias, T* out, int64_t M, int64_t K, i
   const int64_t panels = (N + kPanel - 1) / kPanel;
   const int64_t panel_elems = (std::is_same_v<W, bf16> ? 2 * ((K + 1) / 2) : K) * kPanel;
   const int64_t chunk = std::max<int64_t>(kMR, kChunkElems / std::max<int64_t>(K, 1) / kMR * kMR);
+  const int64_t threads = at::get_num_threads();
   for (int64_t m0 = 0; m0 < M; m0 += chunk) {
     const int64_t mc = std::min(chunk, M - m0);
-    // grain 1: at::parallel_for hands each thread one contiguous band of panels
-    at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p) {
+    // Tasks are (panel, row part), panel-major; grain 1: at::parallel_for hands each thread one
+    // contiguous band of them. When the panels do not divide over the threads (N = 576: 9
+    // panels, 5 + 4 on two threads) and there are enough rows, each panel's rows are cut in
+    // `threads` parts so the bands are equal; a row's sums are the same whichever part holds it.
+    const int64_t parts = (threads > 1 && panels % threads != 0 && mc >= threads * kMR) ? threads : 1;
+    const int64_t part_rows = (mc + parts - 1) / parts;  // every row in exactly one part
+    at::parallel_for(0, panels * parts, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t p = t / parts, r0 = (t % parts) * part_rows;
+        const int64_t rows = std::min(mc, r0 + part_rows) - r0;
+        if (rows <= 0) continue;
         const int64_t n0 = p * kPanel;
-        rows_panel<T, W>(x + m0 * K, wp + p * panel_elems, mc, K, scale, bias,
-                         out + m0 * N + n0, N, n0, std::min(kPanel, N - n0));
+        rows_panel<T, W>(x + (m0 + r0) * K, wp + p * panel_elems, rows, K, scale, bias,
+                         out + (m0 + r0) * N + n0, N, n0, std::min(kPanel, N - n0));
       }
     });
   }
