@@ -6,8 +6,9 @@ and allocates them again in the next layer. glibc serves blocks above its mmap t
 reuse page-faults and the kernel zeroes every 4 KiB page again (clear_page was ~4% of an
 offline run's samples). Raising the mmap and trim thresholds makes such blocks come from the
 heap and stay mapped, which is what the tcmalloc/jemalloc preloads CPU inference engines
-recommend achieve without a preload. glibc only; elsewhere (or with INFER_NO_MALLOC_TUNING
-set) nothing changes.
+recommend achieve without a preload. The cost: the process keeps up to 1 GiB of freed heap
+mapped (resident) instead of returning it. glibc only; elsewhere (or with
+INFER_NO_MALLOC_TUNING set) nothing changes.
 """
 
 from __future__ import annotations

@@ -33,6 +33,9 @@ def test_freed_block_is_reused_without_page_faults() -> None:
     tuned, faults_on = _faults("on")
     assert tuned, "mallopt refused the thresholds"
     _, faults_off = _faults("off")
-    pages = (64 << 20) // 4096
-    assert faults_off > pages // 2, f"untuned reuse should fault its pages again ({faults_off})"
-    assert faults_on < pages // 20, f"tuned reuse faulted {faults_on} pages of {pages}"
+    # untuned: every page faults again (16,384 on 4 KiB pages, 32 where THP is "always");
+    # tuned: the heap block is still mapped, so (next to) none
+    assert faults_on <= max(faults_off // 10, 16), (
+        f"tuned reuse faulted {faults_on} times, untuned {faults_off}"
+    )
+    assert faults_off >= 32, f"the untuned reuse should fault its pages in again ({faults_off})"
