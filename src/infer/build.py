@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from infer.config_checks import check_engine_keys, positive_int
 from infer.engine import Engine
 from infer.layers.ops import resolve_ops
+from infer.malloc_tuning import keep_freed_memory
 from infer.models.loader import load_model
 from infer.models.sources import resolve_model_path
 from infer.models.tokenizer import load_tokenizer
@@ -23,7 +24,6 @@ from infer.runner import KVSpec, ModelRunner
 from infer.sampling import Sampler
 from infer.scheduler import Scheduler
 from infer.spec.factory import TargetContext, build_spec
-from infer.malloc_tuning import keep_freed_memory
 from infer.utils import available_cores, parse_device, parse_dtype, set_threads
 
 

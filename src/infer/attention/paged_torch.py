@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from infer.attention import cpu_kernel
 from infer.attention.base import AttentionMetadata, SeqSlice, build_metadata
-from infer.attention.torch_ref import attend_one, causal_prefill, gather_kv, store_kv
+from infer.attention.torch_ref import attend_one, gather_kv, store_kv
 from infer.quant.kv_cache import as_stored, dequantize, layer_is_quantized
 
 
