@@ -100,15 +100,15 @@ def gemm_rate(model: LlamaForCausalLM, rows: int = 512, reps: int = 5) -> float:
     ws = [torch.randn(n, k, dtype=model_dtype(model)) for n, k in linear_shapes(model, "layers.0.")]
     xs = {w.shape[1]: torch.randn(rows, w.shape[1], dtype=w.dtype) for w in ws}
     flops = sum(2 * rows * w.numel() for w in ws)
-    calls = [lambda w=w: F.linear(xs[w.shape[1]], w) for w in ws]
+    groups = [[lambda w=w: F.linear(xs[w.shape[1]], w) for w in ws]]
     if all(dense_cpu.usable(w) for w in ws):
         packed = [(dense_cpu.pack(w), w.shape[0], w.shape[1]) for w in ws]
-        calls += [lambda p=p, n=n, k=k: dense_cpu.packed_linear(xs[k], p, n) for p, n, k in packed]
+        groups.append([lambda p=p, n=n, k=k: dense_cpu.packed_linear(xs[k], p, n) for p, n, k in packed])
     best = float("inf")
-    for group in (calls[: len(ws)], calls[len(ws) :]):
-        for _ in range(reps if group else 0):
+    for calls in groups:
+        for _ in range(reps):
             t = time.perf_counter()
-            for call in group:
+            for call in calls:
                 call()
             best = min(best, time.perf_counter() - t)
     return flops / best

@@ -32,6 +32,12 @@ def available() -> bool:
     return load() is not None
 
 
+def _unit_last(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself when its last dim is unit-stride (the kernels take such views in place:
+    q, k, v are slices of the fused qkv projection), else a contiguous copy."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
 def kv_cache_shapes(
     num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -47,9 +53,7 @@ def store_kv(
     kernel-layout caches at int64 ``slot_mapping`` [T]."""
     mod = load()
     assert mod is not None
-    k = k if k.stride(-1) == 1 else k.contiguous()
-    v = v if v.stride(-1) == 1 else v.contiguous()
-    mod.store_kv_fwd(k, v, k_cache, v_cache, slot_mapping)
+    mod.store_kv_fwd(_unit_last(k), _unit_last(v), k_cache, v_cache, slot_mapping)
 
 
 def paged_attention(
@@ -61,10 +65,11 @@ def paged_attention(
     context_lens: torch.Tensor,
     scale: float,
 ) -> torch.Tensor:
-    """Causal paged attention, fp32 CPU. q [T, Hq, D] (a strided view is read in place); caches in ``kv_cache_shapes`` layout;
-    block_tables/query_start_loc/context_lens int32. Returns [T, Hq, D]."""
+    """Causal paged attention, fp32 CPU. q [T, Hq, D] (a strided view is read in place);
+    caches in ``kv_cache_shapes`` layout; block_tables/query_start_loc/context_lens int32.
+    Returns [T, Hq, D] contiguous."""
     mod = load()
     assert mod is not None
     return mod.paged_attention_fwd(
-        q if q.stride(-1) == 1 else q.contiguous(), k_cache, v_cache, block_tables, query_start_loc, context_lens, scale
+        _unit_last(q), k_cache, v_cache, block_tables, query_start_loc, context_lens, scale
     )

@@ -15,8 +15,8 @@
 // load, one broadcast FMA per row and d) and flash-style online softmax per slice. Prefill
 // is then FMA-bound instead of load/store-bound, and causal tiles stop at their last key.
 // Tiles go to threads through a shared counter, longest first (causal tiles differ in cost).
-// Head dims that are not a multiple of 16 (or blocks not a multiple of 16 keys) take a
-// scalar-vector loop with the same arithmetic order per row.
+// Other head dims (not 32/64/128/256) or blocks that are not a multiple of 16 keys take a
+// scalar loop, one row and one key at a time.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -143,7 +143,7 @@ void attend_tile(const Ctx& c, int64_t b, int64_t h, int64_t first) {
     // (4 KiB per head) starts a stream the hardware prefetcher picks up late, and issuing
     // them spread over the loop keeps the miss buffers free for the demand loads
     const int64_t k1 = k0 + kPrefetch * kLanes;
-    const bool pf = kPrefetch > 0 && k1 < max_lim;
+    const bool pf = k1 < max_lim;
     const float* kn = pf ? c.kblock(b, h, k1 / BS) + k1 % BS : kt;
     const float* vn = pf ? c.vblock(b, h, k1 / BS) + (k1 % BS) * D : vb;
     // scores: NP partial sums per row over interleaved d, so at least ~6 independent FMA
@@ -156,7 +156,8 @@ void attend_tile(const Ctx& c, int64_t b, int64_t h, int64_t first) {
       if (pf) {
         for (int i = 0; i < NP; ++i) {
           __builtin_prefetch(kn + (d + i) * BS, 0, 1);
-          __builtin_prefetch(vn + (d + i) * kLanes, 0, 1);  // D lines of 16 floats = the slice's 16 x D values
+          // V: the slice's 16 x D floats are D lines of 16, one per d
+          __builtin_prefetch(vn + (d + i) * kLanes, 0, 1);
         }
       }
       for (int i = 0; i < NP; ++i) {
@@ -172,7 +173,8 @@ void attend_tile(const Ctx& c, int64_t b, int64_t h, int64_t first) {
     // online softmax, row by row: p = exp(s - m), the old sums scaled by corr
     const bool masked = k0 + kLanes > min_lim;
     float corr[R];
-    int jmax = 0;  // keys of this slice the tile's rows see (V rows past it are never read)
+    // keys of this slice that some row of the tile sees (V rows past them are never read)
+    int jmax = masked ? 0 : kLanes;
     for (int r = 0; r < R; ++r) {
       if (masked) {
         const int64_t nk = std::clamp<int64_t>(lim[r] - k0, 0, kLanes);
@@ -184,8 +186,6 @@ void attend_tile(const Ctx& c, int64_t b, int64_t h, int64_t first) {
         jmax = std::max<int>(jmax, static_cast<int>(nk));
         const vi hide = (lane + static_cast<int32_t>(k0)) >= lim[r];
         s[r] = hide ? splat(kNegInf) : s[r];  // -> p = 0 exactly
-      } else {
-        jmax = kLanes;
       }
       const float new_m = std::max(m[r], hmax(s[r]));
       corr[r] = std::exp(m[r] - new_m);  // 0 on the first slice (m = -inf)
@@ -306,7 +306,8 @@ torch::Tensor paged_attention_fwd(torch::Tensor q, torch::Tensor k_cache, torch:
         Hq, Hk, Hq / Hk, D, BS, bt.size(1), q.stride(0), q.stride(1), static_cast<float>(scale)};
   TORCH_CHECK(c.qsl[B] == q.size(0), "query_start_loc[-1] must equal the number of query tokens");
 
-  // tiles: consecutive rows of one (sequence, kv head); cost ~ rows x keys of the last row
+  // tiles: consecutive rows of one (sequence, kv head); cost ~ keys of the last row x (rows +
+  // 4), the 4 standing for a slice's per-tile work that does not scale with rows (K/V loads)
   std::vector<Tile> tiles;
   for (int64_t b = 0; b < B; ++b) {
     const int64_t n = c.qsl[b + 1] - c.qsl[b];
@@ -322,7 +323,7 @@ torch::Tensor paged_attention_fwd(torch::Tensor q, torch::Tensor k_cache, torch:
       }
   }
   std::sort(tiles.begin(), tiles.end(), [](const Tile& a, const Tile& b) { return a.cost > b.cost; });
-  const bool fast = D % 16 == 0 && BS % 16 == 0 && (D == 64 || D == 128 || D == 32 || D == 256);
+  const bool fast = BS % kLanes == 0 && (D == 32 || D == 64 || D == 128 || D == 256);
   auto run = [&](const Tile& t) {
     if (!fast) return attend_rows_generic(c, t.seq, t.head, t.first, t.count);
     switch (D) {
