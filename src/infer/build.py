@@ -85,7 +85,8 @@ def build(cfg: DictConfig) -> Engine:
     if max_len > limit:
         raise ValueError(f"engine.max_model_len={max_len} exceeds the model's limit {limit}")
     k = cfg.kernels
-    ops = resolve_ops(k.impl, OmegaConf.to_container(k.get("overrides") or {}), device, dtype)
+    ops = resolve_ops(k.impl, OmegaConf.to_container(k.get("overrides") or {}), device, dtype,
+                      str(k.get("decoder_stack", "auto")))
     model = load_model(folder, quant, dtype, device, max_len, ops, tokenizer, parallel=state)
 
     block_size = max_len if cfg.attention.block_size is None else int(cfg.attention.block_size)

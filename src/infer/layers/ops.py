@@ -146,6 +146,12 @@ class Ops:
     awq_gemm: Callable[..., torch.Tensor]
     quantize_per_token_int8: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
     quantize_per_token_fp8: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    # run the decoder layers as one C++ call where every op of a layer is a C++ kernel
+    # (models/decoder_stack.py); False keeps the eager per-module loop
+    decoder_stack: bool = False
+
+
+STACK_CHOICES = ("auto", "off")  # kernels.decoder_stack
 
 
 def torch_ops() -> Ops:
@@ -192,6 +198,7 @@ def resolve_ops(
     overrides: Mapping[str, Any] | None,
     device: torch.device | str,
     dtype: torch.dtype | None = None,
+    decoder_stack: str = "auto",
 ) -> Ops:
     """Resolve every op: ``overrides[op]`` if set (not None), else ``impl``.
 
@@ -200,10 +207,14 @@ def resolve_ops(
     a warning) and torch for the quant entry points. ``cpp`` needs a CPU device and the built
     extension; it has no quant entry points, so there it means torch. Triton off CUDA runs
     under the Triton interpreter, which mis-loads bf16, so ``dtype`` (the model's, if given)
-    bf16 with a Triton op off CUDA is refused. Raises ValueError naming the bad op / impl and
-    listing the valid ones.
+    bf16 with a Triton op off CUDA is refused. ``decoder_stack``: ``auto`` runs the decoder
+    layers as one C++ call when every model op resolved to cpp (the model still checks its
+    attention and linears per step), ``off`` keeps the eager loop. Raises ValueError naming
+    the bad op / impl / choice and listing the valid ones.
     """
     device = torch.device(device)
+    if decoder_stack not in STACK_CHOICES:
+        raise ValueError(f"kernels.decoder_stack={decoder_stack!r} is not one of {', '.join(STACK_CHOICES)}")
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - set(OP_NAMES))
     if unknown:
@@ -241,7 +252,8 @@ def resolve_ops(
     }.get(impls["rotary"], rope_cos_sin)
     for op in QUANT_OPS:
         fns[op] = triton_op(op, device) if impls[op] == "triton" else get_op(op, "torch")
-    return Ops(impls=impls, **fns)
+    stack = decoder_stack == "auto" and all(impls[op] == "cpp" for op in MODEL_OPS)
+    return Ops(impls=impls, decoder_stack=stack, **fns)
 
 
 __all__ = [
@@ -249,6 +261,7 @@ __all__ = [
     "MODEL_OPS",
     "OP_NAMES",
     "QUANT_OPS",
+    "STACK_CHOICES",
     "Ops",
     "RopeFactors",
     "resolve_ops",

@@ -20,6 +20,7 @@ from infer.layers.norm import RMSNorm
 from infer.layers.ops import Ops, RopeFactors, torch_ops
 from infer.layers.rotary import rope_cos_sin_cache
 from infer.models.config import ModelArgs
+from infer.models.decoder_stack import StackSlot
 from infer.quant import dense_cpu
 from infer.quant.base import QuantMethod
 
@@ -158,6 +159,8 @@ class LlamaForCausalLM(nn.Module):
         # process_weights_after_loading
         self.cpu_kernel = bool(getattr(quant, "cpu_kernel", False))
         self.register_parameter("head_packed", None)
+        # the decoder layers as one C++ call, built on first use (models/decoder_stack.py)
+        self.stack_slot = StackSlot()
         # cos/sin filled by init_rope() once the weights are loaded
         self.register_buffer("cos_sin", torch.empty(max_positions, args.head_dim), persistent=False)
 
@@ -181,8 +184,20 @@ class LlamaForCausalLM(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """This stage's decoder layers: (x, residual) [T, hidden] in -> out (residual None
         before the first layer of the model)."""
+        return self.run_layer_list(list(self.layer_range), x, residual, positions, ctx)
+
+    def run_layer_list(
+        self, which: list[int], x: torch.Tensor, residual: torch.Tensor | None,
+        positions: torch.Tensor, ctx: ForwardContext,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decoder layers ``which`` (model indices, in order) on (x, residual) [T, hidden]:
+        one C++ call when the decoder stack applies (``ops.decoder_stack``; see
+        models/decoder_stack.py), else the eager loop, its oracle."""
+        stack = self.stack_slot.get(self, ctx, x) if self.ops.decoder_stack else None
+        if stack is not None:
+            return stack.run(which, x, residual, positions, self.cos_sin, ctx)
         rope = self.ops.rope_factors(positions, self.cos_sin, x.dtype)
-        for i in self.layer_range:
+        for i in which:
             x, residual = self.layers[i](x, residual, rope, ctx)
         assert residual is not None, "a stage runs at least one layer"
         return x, residual

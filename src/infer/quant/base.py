@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import nn
@@ -87,6 +87,33 @@ class QuantMethod(Protocol):
         ...
 
 
+class StackLinear(NamedTuple):
+    """How the C++ decoder stack (models/decoder_stack.py) runs one projection: the packed
+    kernel ``kind`` (DENSE: ``dense_cpu.packed_linear``, INT8: ``packed_linear_int8``, INT4:
+    ``packed_linear_int4``) and its arguments. Parts a kind does not use are empty tensors."""
+
+    kind: int
+    packed: torch.Tensor
+    n: int  # output features
+    scale: torch.Tensor
+    offset: torch.Tensor
+    group: int
+    bias: torch.Tensor  # [n] or empty
+
+
+STACK_DENSE, STACK_INT8, STACK_INT4 = 0, 1, 2  # the C++ stack's LinearKind
+
+
+def stack_linear(kind: int, packed: torch.Tensor, n: int, bias: torch.Tensor | None,
+                 scale: torch.Tensor | None = None, offset: torch.Tensor | None = None,
+                 group: int = 0) -> StackLinear:
+    """A ``StackLinear`` with empty tensors for the parts not given."""
+    none = packed.new_empty(0, dtype=torch.float32)
+    return StackLinear(kind, packed, n, none if scale is None else scale,
+                       none if offset is None else offset, group,
+                       packed.new_empty(0, dtype=torch.float32) if bias is None else bias.contiguous())
+
+
 class QuantMethodBase:
     """Defaults for a method that quantizes full-precision weights after loading: refuse
     pre-quantized checkpoints, no model-level step. Subclass it and write ``create_weights``,
@@ -95,6 +122,12 @@ class QuantMethodBase:
     name = "base"
     shard_local = False  # see QuantMethod.shard_local
     calibrates = False  # see QuantMethod.calibrates
+
+    def stack_linear(self, layer: nn.Module) -> StackLinear | None:
+        """The packed kernel call that ``apply`` makes for fp32/bf16 CPU activations, for the
+        C++ decoder stack; None when ``apply`` does something else (the model then keeps its
+        Python loop). An override must describe exactly what ``apply`` computes."""
+        return None
 
     def accept_checkpoint(self, quant_config: dict[str, Any] | None) -> None:
         reject_quantized_checkpoint(self.name, quant_config)

@@ -26,7 +26,14 @@ from infer_kernels import get_op
 from torch import nn
 
 from infer.quant import cpu_kernel, dense_cpu
-from infer.quant.base import QuantContext, QuantMethodBase, replace_param
+from infer.quant.base import (
+    STACK_INT4,
+    QuantContext,
+    QuantMethodBase,
+    StackLinear,
+    replace_param,
+    stack_linear,
+)
 from infer.quant.none import NoQuant
 from infer.quant.quantize import (
     from_autoawq,
@@ -96,6 +103,14 @@ class Int4WeightOnly(QuantMethodBase):
         store_int4(layer, codes, scales, zeros, self.group_size, self.dtype)
 
     # -- forward ---------------------------------------------------------------------------
+    def stack_linear(self, layer: nn.Module) -> StackLinear | None:
+        # panels are made on the first fp32 CPU forward (apply); before that the stack waits
+        if "w4_packed" not in layer._parameters:
+            return None
+        wp = layer.w4_packed
+        return stack_linear(STACK_INT4, wp, wp.rows, layer.bias, scale=layer.w4_panel_scale,  # type: ignore[attr-defined]
+                            offset=layer.w4_panel_offset, group=self.group_size)
+
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         g = self.group_size
         if self.panel_kernel and "w4" in layer._parameters and dense_cpu.quant_usable(x):

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from infer.quant import cpu_kernel, dense_cpu
-from infer.quant.base import QuantMethodBase, replace_param
+from infer.quant.base import STACK_INT8, QuantMethodBase, StackLinear, replace_param, stack_linear
 from infer.quant.none import NoQuant
 from infer.quant.quantize import int8_per_channel
 
@@ -40,6 +40,13 @@ class Int8WeightOnly(QuantMethodBase):
         q, scale = int8_per_channel(layer.weight.data)
         replace_param(layer, "weight", q, 0, 1)
         replace_param(layer, "weight_scale", scale, 0, None)
+
+    def stack_linear(self, layer: nn.Module) -> StackLinear | None:
+        # packed on the first fp32 CPU forward (apply); before that the stack waits
+        wp = layer._parameters.get("weight_packed")
+        if wp is None:
+            return None
+        return stack_linear(STACK_INT8, wp, wp.rows, layer.bias, scale=layer.weight_scale)  # type: ignore[attr-defined]
 
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         wp = layer._parameters.get("weight_packed")

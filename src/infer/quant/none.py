@@ -14,7 +14,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from infer.quant import dense_cpu
-from infer.quant.base import QuantMethodBase, replace_param, set_dims
+from infer.quant.base import (
+    STACK_DENSE,
+    QuantMethodBase,
+    StackLinear,
+    replace_param,
+    set_dims,
+    stack_linear,
+)
 
 
 class NoQuant(QuantMethodBase):
@@ -46,6 +53,10 @@ class NoQuant(QuantMethodBase):
         pairs = {"input_pack": 2} if w.dtype == torch.bfloat16 else {}
         replace_param(layer, "weight_packed", packed, 0, 1, output_pack=dense_cpu.PANEL,
                       rows=w.shape[0], **pairs)
+
+    def stack_linear(self, layer: nn.Module) -> StackLinear | None:
+        wp = layer._parameters.get("weight_packed")
+        return None if wp is None else stack_linear(STACK_DENSE, wp, wp.rows, layer.bias)  # type: ignore[attr-defined]
 
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         wp = layer._parameters.get("weight_packed")

@@ -33,11 +33,7 @@ class LayerSkipModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         t = self.target
-        x = t.embed(input_ids)
-        rope = t.ops.rope_factors(positions, t.cos_sin, x.dtype)
-        residual = None
-        for i in self.keep:
-            x, residual = t.layers[i](x, residual, rope, ctx)
+        x, residual = t.run_layer_list(self.keep, t.embed(input_ids), None, positions, ctx)
         x, _ = t.norm(x, residual)
         return x
 

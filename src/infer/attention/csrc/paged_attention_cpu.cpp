@@ -28,6 +28,7 @@
 #include <limits>
 #include <vector>
 
+#include "entry_points.h"
 #include "vec_math.h"
 
 namespace {
@@ -346,7 +347,12 @@ torch::Tensor paged_attention_fwd(torch::Tensor q, torch::Tensor k_cache, torch:
   return out;
 }
 
+// for the decoder stack (entry_points.h): the same functions, called without Python
+const infer_ep::PagedAttention kEntryPoints{infer_ep::kVersion, &store_kv_fwd, &paged_attention_fwd};
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("entry_points", [] { return reinterpret_cast<int64_t>(&kEntryPoints); },
+        "address of this extension's infer_ep::PagedAttention table");
   m.def("paged_attention_fwd", &paged_attention_fwd, "paged causal attention (CPU, fp32)");
   m.def("store_kv_fwd", &store_kv_fwd, "write k/v into the transposed-K paged cache (CPU, fp32)");
 }

@@ -29,6 +29,7 @@
 #include <tuple>
 #include <type_traits>
 
+#include "entry_points.h"
 #include "vec_math.h"
 
 namespace {
@@ -262,7 +263,13 @@ at::Tensor rotary(at::Tensor x, const std::tuple<at::Tensor, at::Tensor>& rope) 
   return x;
 }
 
+// for the decoder stack (entry_points.h): the same functions, called without Python
+const infer_ep::ModelOps kEntryPoints{infer_ep::kVersion, &rms_norm, &fused_add_rms_norm,
+                                      &silu_and_mul, &rotary};
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("entry_points", [] { return reinterpret_cast<int64_t>(&kEntryPoints); },
+        "address of this extension's infer_ep::ModelOps table");
   m.def("rms_norm", &rms_norm, "RMSNorm over the last dim (new tensor)");
   m.def("fused_add_rms_norm", &fused_add_rms_norm, "(rms_norm(x + residual), x + residual)");
   m.def("silu_and_mul", &silu_and_mul, "silu(x[..., :I]) * x[..., I:]");

@@ -42,6 +42,8 @@
 #include <cstring>
 #include <vector>
 
+#include "entry_points.h"
+
 namespace {
 
 constexpr int64_t kPanel = 64;            // output columns per packed panel
@@ -487,7 +489,13 @@ bool has_bf16_simd() {
 #endif
 }
 
+// for the decoder stack (entry_points.h): the same functions, called without Python
+const infer_ep::DenseLinear kEntryPoints{infer_ep::kVersion, &packed_linear, &packed_linear_int8,
+                                         &packed_linear_int4};
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("entry_points", [] { return reinterpret_cast<int64_t>(&kEntryPoints); },
+        "address of this extension's infer_ep::DenseLinear table");
   m.def("packed_linear", &packed_linear, "x @ W.T + bias, W prepacked (fp32 / bf16, CPU)");
   m.def("packed_linear_int8", &packed_linear_int8,
         "x @ (Q_int8 * scale).T + bias, Q prepacked (fp32 activations, CPU)");
