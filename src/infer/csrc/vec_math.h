@@ -1,6 +1,8 @@
 // SIMD helpers shared by the CPU extensions, written with GCC/Clang vector extensions: a vf
-// is 16 fp32 lanes, compiled to AVX-512 under -march=native where the CPU has it and split
-// into narrower registers otherwise (same results either way).
+// is one machine vector of fp32 lanes under -march=native: 16 lanes (AVX-512) where the CPU
+// has it, else 8 (AVX2). 16-lane vectors on an AVX2 CPU are split into register pairs and
+// the attention tiles, sized for 32 registers, spill: the decode kernel ran 5x slower.
+// Element-wise results (vexp) do not depend on the width; reductions over lanes do.
 #pragma once
 
 #include <algorithm>
@@ -9,10 +11,24 @@
 
 namespace infer_vec {
 
-constexpr int kLanes = 16;
+#if defined(__AVX512F__)
+#define INFER_VEC_BYTES 64
+constexpr int kVecRegs = 32;  // architectural vector registers (register tiles are sized by it)
+#else
+#define INFER_VEC_BYTES 32
+constexpr int kVecRegs = 16;
+#endif
+constexpr int kLanes = INFER_VEC_BYTES / 4;
 
-typedef float vf __attribute__((vector_size(64), aligned(4)));    // unaligned loads allowed
-typedef int32_t vi __attribute__((vector_size(64), aligned(4)));
+typedef float vf __attribute__((vector_size(INFER_VEC_BYTES), aligned(4)));  // unaligned loads allowed
+typedef int32_t vi __attribute__((vector_size(INFER_VEC_BYTES), aligned(4)));
+
+// lane indices 0, 1, ..., kLanes - 1
+inline vi lane_ids() {
+  vi v{};
+  for (int i = 0; i < kLanes; ++i) v[i] = i;
+  return v;
+}
 
 inline vf load(const float* p) { return *reinterpret_cast<const vf*>(p); }
 inline void store(float* p, vf v) { *reinterpret_cast<vf*>(p) = v; }

@@ -3,19 +3,20 @@
 // serves a whole step: decodes, verify rows, prefix extensions and fresh prompts.
 //
 // Cache layout (chosen so the inner loops are unit-stride SIMD with no horizontal sums):
-//   k_cache [NB, Hk, D, BS]  (keys transposed within a block: scores for 16 keys = 1 vector)
+//   k_cache [NB, Hk, D, BS]  (keys transposed within a block: scores for kLanes keys = 1 vector;
+//                            kLanes = 16 on AVX-512, 8 on AVX2, see vec_math.h)
 //   v_cache [NB, Hk, BS, D]
 // q, out [T, Hq, D]; block_tables int32 [B, MB]; query_start_loc int32 [B+1];
 // context_lens int32 [B] (cached + new tokens). Query i of sequence b (0-based among its n
 // new tokens) sits at position c - n + i and sees keys 0..c-n+i.
 //
 // Work: the rows (query token, query head) of one (sequence, kv head) are cut into tiles of
-// up to kRows rows; a tile reads each 16-key slice of K/V once for all its rows (GQA heads
+// up to kRows rows; a tile reads each kLanes-key slice of K/V once for all its rows (GQA heads
 // and neighbouring prompt tokens share it), with the scores in registers (QK: one K vector
 // load, one broadcast FMA per row and d) and flash-style online softmax per slice. Prefill
 // is then FMA-bound instead of load/store-bound, and causal tiles stop at their last key.
 // Tiles go to threads through a shared counter, longest first (causal tiles differ in cost).
-// Other head dims (not 32/64/128/256) or blocks that are not a multiple of 16 keys take a
+// Other head dims (not 32/64/128/256) or blocks that are not a multiple of kLanes keys take a
 // scalar loop, one row and one key at a time.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -36,6 +37,7 @@ namespace {
 using infer_vec::hmax;
 using infer_vec::hsum;
 using infer_vec::kLanes;
+using infer_vec::kVecRegs;
 using infer_vec::load;
 using infer_vec::splat;
 using infer_vec::store;
@@ -86,20 +88,21 @@ struct Ctx {
 
 // acc[r] = acc[r] * corr[r] + sum_{j < jmax} p[r][j] V[j] for R rows, in groups of G rows
 // whose accumulators (G x DV vectors) stay in registers while V streams by once per group.
-template <int R, int DV, int G = (24 / DV > 0 ? 24 / DV : 1)>
-inline void pv_rows(float (*acc)[16 * DV], const float (*p)[kLanes], const float* corr, const float* vb,
+// G: rows whose DV accumulators fit in 3/4 of the registers (the rest: V and p).
+template <int R, int DV, int G = (kVecRegs * 3 / 4 / DV > 0 ? kVecRegs * 3 / 4 / DV : 1)>
+inline void pv_rows(float (*acc)[kLanes * DV], const float (*p)[kLanes], const float* corr, const float* vb,
                     int jmax) {
-  constexpr int D = 16 * DV;
+  constexpr int D = kLanes * DV;
   for (int r0 = 0; r0 < R; r0 += G) {
     constexpr int kG = G < R ? G : R;
     const int n = std::min(kG, R - r0);
     vf a[kG][DV];
     for (int r = 0; r < kG; ++r)
       if (r < n)
-        for (int dv = 0; dv < DV; ++dv) a[r][dv] = load(acc[r0 + r] + 16 * dv) * corr[r0 + r];
+        for (int dv = 0; dv < DV; ++dv) a[r][dv] = load(acc[r0 + r] + kLanes * dv) * corr[r0 + r];
     for (int j = 0; j < jmax; ++j) {
       vf v[DV];
-      for (int dv = 0; dv < DV; ++dv) v[dv] = load(vb + j * D + 16 * dv);
+      for (int dv = 0; dv < DV; ++dv) v[dv] = load(vb + j * D + kLanes * dv);
       for (int r = 0; r < kG; ++r)
         if (r < n) {
           const float pj = p[r0 + r][j];
@@ -108,14 +111,14 @@ inline void pv_rows(float (*acc)[16 * DV], const float (*p)[kLanes], const float
     }
     for (int r = 0; r < kG; ++r)
       if (r < n)
-        for (int dv = 0; dv < DV; ++dv) store(acc[r0 + r] + 16 * dv, a[r][dv]);
+        for (int dv = 0; dv < DV; ++dv) store(acc[r0 + r] + kLanes * dv, a[r][dv]);
   }
 }
 
-// One tile of R rows, head dim D = 16 * DV, BS a multiple of 16.
+// One tile of R rows, head dim D = kLanes * DV, BS a multiple of kLanes.
 template <int R, int DV>
 void attend_tile(const Ctx& c, int64_t b, int64_t h, int64_t first) {
-  constexpr int D = 16 * DV;
+  constexpr int D = kLanes * DV;
   alignas(64) float qs[R][D];
   alignas(64) float acc[R][D];
   alignas(64) float p[R][kLanes];
@@ -134,11 +137,11 @@ void attend_tile(const Ctx& c, int64_t b, int64_t h, int64_t first) {
     max_lim = std::max(max_lim, row.limit);
     min_lim = std::min(min_lim, row.limit);
   }
-  const vi lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  const vi lane = infer_vec::lane_ids();
   const int64_t BS = c.BS;
   for (int64_t k0 = 0; k0 < max_lim; k0 += kLanes) {
     const int64_t jb = k0 / BS, j0 = k0 % BS;
-    const float* kt = c.kblock(b, h, jb) + j0;  // [D][BS], this slice's 16 columns
+    const float* kt = c.kblock(b, h, jb) + j0;  // [D][BS], this slice's kLanes columns
     const float* vb = c.vblock(b, h, jb) + j0 * D;
     // the slice kPrefetch slices ahead, one K line and one V line per d below: each block
     // (4 KiB per head) starts a stream the hardware prefetcher picks up late, and issuing
@@ -157,7 +160,7 @@ void attend_tile(const Ctx& c, int64_t b, int64_t h, int64_t first) {
       if (pf) {
         for (int i = 0; i < NP; ++i) {
           __builtin_prefetch(kn + (d + i) * BS, 0, 1);
-          // V: the slice's 16 x D floats are D lines of 16, one per d
+          // V: the slice's kLanes x D floats, one prefetch per kLanes of them
           __builtin_prefetch(vn + (d + i) * kLanes, 0, 1);
         }
       }
@@ -328,10 +331,10 @@ torch::Tensor paged_attention_fwd(torch::Tensor q, torch::Tensor k_cache, torch:
   auto run = [&](const Tile& t) {
     if (!fast) return attend_rows_generic(c, t.seq, t.head, t.first, t.count);
     switch (D) {
-      case 32: return attend_tile_dv<2>(c, t.seq, t.head, t.first, t.count);
-      case 64: return attend_tile_dv<4>(c, t.seq, t.head, t.first, t.count);
-      case 128: return attend_tile_dv<8>(c, t.seq, t.head, t.first, t.count);
-      default: return attend_tile_dv<16>(c, t.seq, t.head, t.first, t.count);
+      case 32: return attend_tile_dv<32 / kLanes>(c, t.seq, t.head, t.first, t.count);
+      case 64: return attend_tile_dv<64 / kLanes>(c, t.seq, t.head, t.first, t.count);
+      case 128: return attend_tile_dv<128 / kLanes>(c, t.seq, t.head, t.first, t.count);
+      default: return attend_tile_dv<256 / kLanes>(c, t.seq, t.head, t.first, t.count);
     }
   };
   const int64_t nt = static_cast<int64_t>(tiles.size());

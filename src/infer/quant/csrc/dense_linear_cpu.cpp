@@ -32,6 +32,10 @@
 // registers: the FMA unit, not the loads, is the limit for large M). Activations are taken in
 // chunks of ~192 KB so a chunk and the current panel stay in L2 while the chunk's row groups
 // meet the panel; each chunk re-reads the weights once.
+//
+// Instruction sets: AVX-512 (the register tiles above), AVX2 + FMA (16 registers of 8 lanes:
+// fp32/int8 rows in column strips of 16-64, int4 decode in strips of 16; bf16 and the int4
+// dequantization take the portable loops), else portable loops the compiler vectorizes.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
@@ -145,6 +149,54 @@ inline void panel_f32(const float* x, const W* p, int64_t K, const float* scale,
   }
   for (int m = 0; m < MR; ++m)
     for (int j = 0; j < 4; ++j) store_vec(acc[m][j], scale, bias, out + m * N, n0, nv, j);
+}
+#elif defined(__AVX2__) && defined(__FMA__)
+// AVX2 (16 vector registers of 8 fp32): the 64-column panel is too wide for one register
+// tile, so up to 6 rows run against column strips: 6 rows x 16 columns (12 accumulators; per
+// k one weight line and 6 broadcasts feed 12 FMAs), fewer rows on wider strips, and a single
+// row (decode) on the whole panel width in one pass (8 accumulators), so each weight line is
+// streamed exactly once. Sums over k in order, per column: the same order as the AVX-512 and
+// scalar paths.
+typedef float v8f __attribute__((vector_size(32), aligned(4)));
+typedef int8_t v8b __attribute__((vector_size(8), aligned(1)));
+
+inline v8f load8(const float* w) { return *reinterpret_cast<const v8f*>(w); }
+inline v8f load8(const int8_t* w) {
+  return __builtin_convertvector(*reinterpret_cast<const v8b*>(w), v8f);
+}
+
+// R rows x (8 * NJ) columns starting at column c0 of the panel -> sums[r][c0 ...]
+template <int R, int NJ, typename W>
+inline void tile_f32(const float* x, const W* p, int64_t K, int c0, float (*sums)[kPanel]) {
+  v8f acc[R][NJ];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < NJ; ++j) acc[r][j] = v8f{};
+  const W* w = p + c0;
+  for (int64_t k = 0; k < K; ++k, w += kPanel) {
+    v8f wv[NJ];
+    for (int j = 0; j < NJ; ++j) wv[j] = load8(w + 8 * j);
+    for (int r = 0; r < R; ++r) {
+      // a load-broadcast (v8f{} + x would add -0-safe zero first: an extra FP op per row)
+      const v8f xb = (v8f)_mm256_broadcast_ss(x + r * K + k);
+      for (int j = 0; j < NJ; ++j) acc[r][j] += xb * wv[j];
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < NJ; ++j) *reinterpret_cast<v8f*>(sums[r] + c0 + 8 * j) = acc[r][j];
+}
+
+template <int R, typename W>
+inline void rows_f32(const float* x, const W* p, int64_t K, float (*sums)[kPanel]) {
+  constexpr int NJ = R == 1 ? 8 : (R <= 3 ? 4 : 2);  // R x NJ <= 12 accumulators
+  for (int c0 = 0; c0 < kPanel; c0 += 8 * NJ) tile_f32<R, NJ>(x, p, K, c0, sums);
+}
+
+template <int MR, typename W>
+inline void panel_f32(const float* x, const W* p, int64_t K, const float* scale,
+                      const float* bias, float* out, int64_t N, int64_t n0, int64_t nv) {
+  alignas(32) float sums[MR][kPanel];
+  rows_f32<MR>(x, p, K, sums);
+  for (int r = 0; r < MR; ++r) store_row<float>(sums[r], scale, bias, out + r * N, n0, nv);
 }
 #else
 template <int MR, typename W>
@@ -301,6 +353,59 @@ inline float int4_at(const uint8_t* p, int64_t k, int64_t j) {
   return float((k & 1) ? (b >> 4) : (b & 0xF));
 }
 
+#if defined(__AVX2__) && defined(__FMA__)
+// AVX2: 8 codes -> 8 fp32 (low nibble: even k, high nibble: odd k).
+inline void decode_int4_8(const uint8_t* w, __m256& lo, __m256& hi) {
+  const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)w));
+  lo = _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(0xF)));
+  hi = _mm256_cvtepi32_ps(_mm256_srli_epi32(v, 4));
+}
+
+// MR (1 or 2) rows against one int4 panel, in strips of 16 columns (16 vector registers:
+// MR x 2 accumulators plus the group's even/odd chains); the same sums as the AVX-512 path.
+template <int MR>
+inline void panel_int4(const float* x, const float* xsum, const uint8_t* p, const float* sc,
+                       const float* of, int64_t K, int64_t G, const float* bias, float* out,
+                       int64_t N, int64_t n0, int64_t nv) {
+  const int64_t ng = K / G;
+  alignas(32) float sums[MR][kPanel];
+  for (int c0 = 0; c0 < kPanel; c0 += 16) {
+    __m256 acc[MR][2];
+    for (int m = 0; m < MR; ++m) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < ng; ++g) {
+      __m256 ge[MR][2], go[MR][2];
+      for (int m = 0; m < MR; ++m) ge[m][0] = ge[m][1] = go[m][0] = go[m][1] = _mm256_setzero_ps();
+      for (int64_t i = g * G / 2; i < (g + 1) * G / 2; ++i) {
+        const uint8_t* w = p + i * kPanel + c0;
+        __m256 xe[MR], xo[MR];
+        for (int m = 0; m < MR; ++m) {
+          xe[m] = _mm256_broadcast_ss(x + m * K + 2 * i);
+          xo[m] = _mm256_broadcast_ss(x + m * K + 2 * i + 1);
+        }
+        for (int jj = 0; jj < 2; ++jj) {
+          __m256 lo, hi;
+          decode_int4_8(w + 8 * jj, lo, hi);
+          for (int m = 0; m < MR; ++m) {
+            ge[m][jj] = _mm256_fmadd_ps(lo, xe[m], ge[m][jj]);
+            go[m][jj] = _mm256_fmadd_ps(hi, xo[m], go[m][jj]);
+          }
+        }
+      }
+      for (int jj = 0; jj < 2; ++jj) {
+        const __m256 sv = _mm256_loadu_ps(sc + g * kPanel + c0 + 8 * jj);
+        const __m256 ov = _mm256_loadu_ps(of + g * kPanel + c0 + 8 * jj);
+        for (int m = 0; m < MR; ++m) {
+          acc[m][jj] = _mm256_fmadd_ps(_mm256_add_ps(ge[m][jj], go[m][jj]), sv, acc[m][jj]);
+          acc[m][jj] = _mm256_fmadd_ps(ov, _mm256_set1_ps(xsum[m * ng + g]), acc[m][jj]);
+        }
+      }
+    }
+    for (int m = 0; m < MR; ++m)
+      for (int jj = 0; jj < 2; ++jj) _mm256_store_ps(sums[m] + c0 + 8 * jj, acc[m][jj]);
+  }
+  for (int m = 0; m < MR; ++m) store_row<float>(sums[m], nullptr, bias, out + m * N, n0, nv);
+}
+#else
 template <int MR>
 inline void panel_int4(const float* x, const float* xsum, const uint8_t* p, const float* sc,
                        const float* of, int64_t K, int64_t G, const float* bias, float* out,
@@ -317,6 +422,7 @@ inline void panel_int4(const float* x, const float* xsum, const uint8_t* p, cons
     store_row<float>(sums, nullptr, bias, out + m * N, n0, nv);
   }
 }
+#endif
 
 inline void dequant_int4(const uint8_t* p, const float* sc, const float* of, int64_t K, int64_t G,
                          float* buf) {
