@@ -58,18 +58,18 @@ def main() -> None:
         llms = {m: LLM(model=args.model, threads=threads, overrides=[f"kernels.decoder_stack={m}"])
                 for m in ("auto", "off")}
         best: dict[str, dict[str, float]] = {m: {"single": 0.0, "offline": 0.0} for m in llms}
-        toks: dict[str, list] = {}  # type: ignore[type-arg]
+        toks: dict[str, list] = {m: [] for m in llms}  # type: ignore[type-arg]  # every round's tokens
         for m, llm in llms.items():  # warm-up (and the stack's build)
             single_stream(llm, prompt, 8)
         for _ in range(args.rounds):
             for m, llm in llms.items():
                 r, t1 = single_stream(llm, prompt, args.decode_tokens)
                 best[m]["single"] = max(best[m]["single"], r)
-                toks.setdefault(m, [t1])
+                toks[m].append(t1)
                 if work:
                     r, tw = offline(llm, work)
                     best[m]["offline"] = max(best[m]["offline"], r)
-                    toks[m] = [t1, *tw]
+                    toks[m].extend(tw)
         row = {
             "threads": threads,
             "stack_built": llms["auto"].engine.runner.model.stack_slot.stack is not None,

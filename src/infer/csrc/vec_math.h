@@ -2,7 +2,8 @@
 // is one machine vector of fp32 lanes under -march=native: 16 lanes (AVX-512) where the CPU
 // has it, else 8 (AVX2). 16-lane vectors on an AVX2 CPU are split into register pairs and
 // the attention tiles, sized for 32 registers, spill: the decode kernel ran 5x slower.
-// Element-wise results (vexp) do not depend on the width; reductions over lanes do.
+// vexp's per-lane result does not depend on the width; reductions over lanes do, and so do
+// loops whose scalar tail (past the last full vector) uses libm.
 #pragma once
 
 #include <algorithm>

@@ -5,7 +5,7 @@ on top is ~12 Python-level kernel calls per layer (module ``__call__``, quant di
 pybind argument conversion), several milliseconds per token over 30 layers. The stack
 holds each layer's packed weights and norms once and calls the same C++ kernels in the same
 order with the same arguments through the extensions' entry-point tables, so its outputs
-equal the eager loop's bit for bit (``tests/models/test_decoder_stack.py``); the eager loop
+equal the eager loop's bit for bit (``tests/unit/test_decoder_stack.py``); the eager loop
 stays the oracle (``kernels.decoder_stack=off``) and the fallback.
 
 It applies when every piece of a layer is a C++ kernel: fp32 model on CPU, the C++ model
@@ -103,11 +103,15 @@ class _Stack:
 
     def __init__(self, stack: Any, index: dict[int, int]) -> None:
         self.stack, self.index = stack, index
+        # steps run, and those over a subset of the layers (layer-skip drafts, stages)
+        self.calls = self.partial_calls = 0
 
     def run(self, which: list[int], x: torch.Tensor, residual: torch.Tensor | None,
             positions: torch.Tensor, cos_sin: torch.Tensor, ctx: ForwardContext
             ) -> tuple[torch.Tensor, torch.Tensor]:
         md, caches = ctx.metadata, ctx.kv_caches
+        self.calls += 1
+        self.partial_calls += len(which) < len(self.index)
         return self.stack.run(
             x, residual, [self.index[i] for i in which], positions, cos_sin,
             [caches[i][0] for i in which], [caches[i][1] for i in which],
@@ -135,5 +139,7 @@ class StackSlot:
         return self.stack
 
     def reset(self) -> None:
-        """Forget the stack (call after replacing any layer's weights)."""
+        """Forget the stack. The stack holds the layers' tensors as they were when it was
+        built (after the first forward, once lazy packing is done); code that later replaces a
+        layer's parameters must call this, or the stack keeps running the old ones."""
         self.stack, self.tries = None, 0

@@ -12,7 +12,8 @@
 //              the sum of squares differs from torch's.
 //   fused_add_rms_norm: residual = round(x + residual); then rms_norm(residual).
 //   silu_and_mul: round(round(silu(g)) * u) (silu(g) = g / (1 + exp(-g))); fp32 takes exp from
-//              vec_math.h's vexp (within ~1e-7 relative of expf), 16 lanes at a time.
+//              vec_math.h's vexp (within ~1e-7 relative of expf), one vector (16 lanes with
+//              AVX-512, 8 with AVX2) at a time; the tail past the last full vector uses expf.
 //   rotary: cos/sin gathered from the fp32 table at each token's position and rounded to the
 //           activation dtype; out = round(round(x*cos) + round(rot(x)*sin)) with rot the
 //           rotate-half partner (sign folded into sin). Built with -ffp-contract=off, so in fp32
@@ -195,7 +196,7 @@ at::Tensor silu_and_mul(const at::Tensor& x_in) {
         scalar_t* o = op + r * n;
         int64_t i = 0;
         if constexpr (std::is_same_v<scalar_t, float>) {
-          // 16 lanes at a time with the vector exp (expf is a scalar libm call per element)
+          // a vector at a time with the vector exp (expf is a scalar libm call per element)
           using infer_vec::vf;
           for (; i + infer_vec::kLanes <= n; i += infer_vec::kLanes) {
             const vf gv = infer_vec::load(g + i);

@@ -155,8 +155,10 @@ inline void panel_f32(const float* x, const W* p, int64_t K, const float* scale,
 // tile, so up to 6 rows run against column strips: 6 rows x 16 columns (12 accumulators; per
 // k one weight line and 6 broadcasts feed 12 FMAs), fewer rows on wider strips, and a single
 // row (decode) on the whole panel width in one pass (8 accumulators), so each weight line is
-// streamed exactly once. Sums over k in order, per column: the same order as the AVX-512 and
-// scalar paths.
+// streamed exactly once. Sums over k in order, per column, in one chain (the AVX-512 path
+// keeps even and odd k apart for some tiles, and -ffp-contract is left at GCC's default here,
+// so results may differ from an AVX-512 host's in the last bits; on one host they do not
+// depend on the batch: a row's sums are the same in every tile shape).
 typedef float v8f __attribute__((vector_size(32), aligned(4)));
 typedef int8_t v8b __attribute__((vector_size(8), aligned(1)));
 
