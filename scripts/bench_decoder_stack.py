@@ -6,7 +6,7 @@ Reports, per thread count: single-stream decode tok/s (one request, 32-token pro
 tokens; best round) and offline tok/s (``--requests`` mixed requests at once; best round),
 the ratio stack / eager, and whether the greedy tokens are identical.
 
-    .venv/bin/python scripts/bench_decoder_stack.py --threads 1 2 --out experiments/08-decoder-stack/bench.json
+    .venv/bin/python scripts/bench_decoder_stack.py --threads 1 2 --out experiments/08-avx2-host/bench_decoder_stack.json
 """
 
 from __future__ import annotations

@@ -71,15 +71,16 @@ def _layer_linears(layer: nn.Module) -> list[Any] | None:
 def build(model: nn.Module) -> Any | None:
     """A ``DecoderStack`` holding every layer of ``model`` (a LlamaForCausalLM) that this
     process runs; None when some layer is not (yet) stackable."""
-    mod, eps = load(), _entry_points()
-    if mod is None or eps is None:
+    mod, tables = load(), _entry_points()
+    if mod is None or tables is None:
         return None
     a = model.args  # type: ignore[attr-defined]
     layers = [model.layers[i] for i in model.layer_range]  # type: ignore[attr-defined,index]
     if not layers or model.norm.weight.dtype != torch.float32:  # type: ignore[attr-defined,union-attr]
         return None
     attn0 = layers[0].self_attn
-    stack = mod.DecoderStack(*eps, attn0.nh, attn0.nkv, attn0.hd, float(layers[0].input_layernorm.eps),
+    # one epsilon for every norm (checked per layer below), as the C++ stack takes it
+    stack = mod.DecoderStack(*tables, attn0.nh, attn0.nkv, attn0.hd, float(a.rms_norm_eps),
                              float(attn0.scale))
     index = {}
     for i in model.layer_range:  # type: ignore[attr-defined]

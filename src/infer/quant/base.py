@@ -111,7 +111,7 @@ def stack_linear(kind: int, packed: torch.Tensor, n: int, bias: torch.Tensor | N
     none = packed.new_empty(0, dtype=torch.float32)
     return StackLinear(kind, packed, n, none if scale is None else scale,
                        none if offset is None else offset, group,
-                       packed.new_empty(0, dtype=torch.float32) if bias is None else bias.contiguous())
+                       none if bias is None else bias.contiguous())
 
 
 class QuantMethodBase:
