@@ -56,6 +56,22 @@ constexpr int64_t kChunkElems = 48 << 10; // activation elements per chunk (192 
 
 using bf16 = c10::BFloat16;
 
+// Prefetch of the NEXT panel into L2, spread evenly over the k steps of the current panel's
+// row groups. A panel is read from memory by its first row group only (the others hit L2),
+// so without it that group waits on DRAM for the whole panel and streaming and FMA time add
+// up: on a host reading 9 GB/s per core that was ~1/4 of a 48-row decode step. Spread
+// rather than issued at once because each outstanding prefetch holds a fill buffer the
+// demand loads from L2 also need. Only a hint: no value depends on it.
+struct NextPanel {
+  const char* p = nullptr;  // next line to prefetch
+  int64_t num = 0;          // lines to prefetch over all steps (0: none)
+  int64_t den = 1;          // k steps they are spread over
+  int64_t acc = 0;
+  inline void step() {
+    for (acc += num; acc >= den; acc -= den, p += 64) __builtin_prefetch(p, 0, 2);
+  }
+};
+
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 #define INFER_DENSE_SIMD 1
 #endif
@@ -113,7 +129,9 @@ inline __m512 load_w(const int8_t* w) {
 // MR rows of x against one fp32 or int8 panel [K, 64] (scale: per-column factor or null).
 template <int MR, typename W>
 inline void panel_f32(const float* x, const W* p, int64_t K, const float* scale,
-                      const float* bias, float* out, int64_t N, int64_t n0, int64_t nv) {
+                      const float* bias, float* out, int64_t N, int64_t n0, int64_t nv,
+                      NextPanel& next) {
+  NextPanel pf = next;  // a local copy stays in registers through the k loop
   __m512 acc[MR][4];
   for (int m = 0; m < MR; ++m)
     for (int j = 0; j < 4; ++j) acc[m][j] = _mm512_setzero_ps();
@@ -132,6 +150,8 @@ inline void panel_f32(const float* x, const W* p, int64_t K, const float* scale,
       o1 = _mm512_fmadd_ps(load_w(w + 80), xo, o1);
       o2 = _mm512_fmadd_ps(load_w(w + 96), xo, o2);
       o3 = _mm512_fmadd_ps(load_w(w + 112), xo, o3);
+      pf.step();
+      pf.step();
     }
     acc[0][0] = _mm512_add_ps(acc[0][0], o0);
     acc[0][1] = _mm512_add_ps(acc[0][1], o1);
@@ -146,7 +166,9 @@ inline void panel_f32(const float* x, const W* p, int64_t K, const float* scale,
       const __m512 xb = bcast(x + m * K + k);
       for (int j = 0; j < 4; ++j) acc[m][j] = _mm512_fmadd_ps(wv[j], xb, acc[m][j]);
     }
+    pf.step();
   }
+  next = pf;
   for (int m = 0; m < MR; ++m)
     for (int j = 0; j < 4; ++j) store_vec(acc[m][j], scale, bias, out + m * N, n0, nv, j);
 }
@@ -169,7 +191,9 @@ inline v8f load8(const int8_t* w) {
 
 // R rows x (8 * NJ) columns starting at column c0 of the panel -> sums[r][c0 ...]
 template <int R, int NJ, typename W>
-inline void tile_f32(const float* x, const W* p, int64_t K, int c0, float (*sums)[kPanel]) {
+inline void tile_f32(const float* x, const W* p, int64_t K, int c0, float (*sums)[kPanel],
+                     NextPanel& next) {
+  NextPanel pf = next;
   v8f acc[R][NJ];
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < NJ; ++j) acc[r][j] = v8f{};
@@ -182,28 +206,36 @@ inline void tile_f32(const float* x, const W* p, int64_t K, int c0, float (*sums
       const v8f xb = (v8f)_mm256_broadcast_ss(x + r * K + k);
       for (int j = 0; j < NJ; ++j) acc[r][j] += xb * wv[j];
     }
+    pf.step();
   }
+  next = pf;
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < NJ; ++j) *reinterpret_cast<v8f*>(sums[r] + c0 + 8 * j) = acc[r][j];
 }
 
+template <int R>
+constexpr int kStripCols = 8 * (R == 1 ? 8 : (R <= 3 ? 4 : 2));  // R x NJ <= 12 accumulators
+
 template <int R, typename W>
-inline void rows_f32(const float* x, const W* p, int64_t K, float (*sums)[kPanel]) {
-  constexpr int NJ = R == 1 ? 8 : (R <= 3 ? 4 : 2);  // R x NJ <= 12 accumulators
-  for (int c0 = 0; c0 < kPanel; c0 += 8 * NJ) tile_f32<R, NJ>(x, p, K, c0, sums);
+inline void rows_f32(const float* x, const W* p, int64_t K, float (*sums)[kPanel],
+                     NextPanel& next) {
+  for (int c0 = 0; c0 < kPanel; c0 += kStripCols<R>)
+    tile_f32<R, kStripCols<R> / 8>(x, p, K, c0, sums, next);
 }
 
 template <int MR, typename W>
 inline void panel_f32(const float* x, const W* p, int64_t K, const float* scale,
-                      const float* bias, float* out, int64_t N, int64_t n0, int64_t nv) {
+                      const float* bias, float* out, int64_t N, int64_t n0, int64_t nv,
+                      NextPanel& next) {
   alignas(32) float sums[MR][kPanel];
-  rows_f32<MR>(x, p, K, sums);
+  rows_f32<MR>(x, p, K, sums, next);
   for (int r = 0; r < MR; ++r) store_row<float>(sums[r], scale, bias, out + r * N, n0, nv);
 }
 #else
 template <int MR, typename W>
 inline void panel_f32(const float* x, const W* p, int64_t K, const float* scale,
-                      const float* bias, float* out, int64_t N, int64_t n0, int64_t nv) {
+                      const float* bias, float* out, int64_t N, int64_t n0, int64_t nv,
+                      NextPanel&) {
   for (int m = 0; m < MR; ++m) {
     float sums[kPanel] = {0.f};
     for (int64_t k = 0; k < K; ++k)
@@ -217,7 +249,8 @@ inline void panel_f32(const float* x, const W* p, int64_t K, const float* scale,
 // MR rows of x against one bf16 panel [ceil(K/2), 64, 2].
 template <int MR>
 inline void panel_bf16(const bf16* x, const bf16* p, int64_t K, const bf16* bias, bf16* out,
-                       int64_t N, int64_t n0, int64_t nv) {
+                       int64_t N, int64_t n0, int64_t nv, NextPanel& next) {
+  NextPanel pf = next;
   __m512 acc[MR][4];
   for (int m = 0; m < MR; ++m)
     for (int j = 0; j < 4; ++j) acc[m][j] = _mm512_setzero_ps();
@@ -233,16 +266,18 @@ inline void panel_bf16(const bf16* x, const bf16* p, int64_t K, const bf16* bias
       const __m512bh xb = (__m512bh)_mm512_set1_epi32((int)pair);
       for (int j = 0; j < 4; ++j) acc[m][j] = _mm512_dpbf16_ps(acc[m][j], wv[j], xb);
     }
+    pf.step();
   };
   for (int64_t i = 0; i < K / 2; ++i) step(i, 4);
   if (K & 1) step(K / 2, 2);
+  next = pf;
   for (int m = 0; m < MR; ++m)
     for (int j = 0; j < 4; ++j) store_vec(acc[m][j], bias, out + m * N, n0, nv, j);
 }
 #else
 template <int MR>
 inline void panel_bf16(const bf16* x, const bf16* p, int64_t K, const bf16* bias, bf16* out,
-                       int64_t N, int64_t n0, int64_t nv) {
+                       int64_t N, int64_t n0, int64_t nv, NextPanel&) {
   for (int m = 0; m < MR; ++m) {
     float sums[kPanel] = {0.f};
     for (int64_t k = 0; k < K; ++k)
@@ -256,30 +291,52 @@ inline void panel_bf16(const bf16* x, const bf16* p, int64_t K, const bf16* bias
 // T: activation / output dtype; W: packed weight dtype (T itself, or int8 codes for fp32 T).
 template <typename T, typename W, int MR>
 inline void panel(const T* x, const W* p, int64_t K, const float* scale, const T* bias, T* out,
-                  int64_t N, int64_t n0, int64_t nv) {
+                  int64_t N, int64_t n0, int64_t nv, NextPanel& next) {
   if constexpr (std::is_same_v<T, float>)
-    panel_f32<MR, W>(x, p, K, scale, bias, out, N, n0, nv);
+    panel_f32<MR, W>(x, p, K, scale, bias, out, N, n0, nv, next);
   else
-    panel_bf16<MR>(x, p, K, bias, out, N, n0, nv);
+    panel_bf16<MR>(x, p, K, bias, out, N, n0, nv, next);
 }
 
-// All mc rows of x (groups of kMR, then the 1..5 leftover) against panel p. Kept out of line:
-// inlined into the parallel_for body, GCC stored every fp32 accumulator to memory each step.
+// k steps one kMR-row group makes over a panel (the AVX2 tile passes over it in strips)
+template <typename T>
+constexpr int64_t group_passes(int rows) {
+#if !defined(INFER_DENSE_SIMD) && defined(__AVX2__) && defined(__FMA__)
+  if constexpr (std::is_same_v<T, float>)
+    return kPanel / (rows == 1 ? kStripCols<1> : rows <= 3 ? kStripCols<3> : kStripCols<6>);
+#endif
+  return 1;
+}
+
+// All mc rows of x (groups of kMR, then the 1..5 leftover) against panel p; while the groups
+// run, the next panel of this thread (next_p, next_bytes; null: none) is prefetched into L2.
+// Kept out of line: inlined into the parallel_for body, GCC stored every fp32 accumulator to
+// memory each step.
 template <typename T, typename W>
 __attribute__((noinline)) void rows_panel(const T* x, const W* p, int64_t mc, int64_t K,
                                           const float* scale, const T* bias, T* out, int64_t N,
-                                          int64_t n0, int64_t nv) {
+                                          int64_t n0, int64_t nv, const void* next_p = nullptr,
+                                          int64_t next_bytes = 0) {
+  const int64_t groups = mc / kMR, tail = mc % kMR;
+  const int64_t k_steps = std::is_same_v<W, bf16> ? (K + 1) / 2 : K;
+  NextPanel pf, none;
+  // spread over the full groups; with none (fewer than kMR rows), over the leftover rows'
+  // pass. One row is a pure weight stream with no FMA time to hide it behind (no gain seen)
+  if (next_p && groups > 0)
+    pf = NextPanel{static_cast<const char*>(next_p), next_bytes / 64, groups * k_steps * group_passes<T>(kMR), 0};
+  else if (next_p && mc > 1)
+    none = NextPanel{static_cast<const char*>(next_p), next_bytes / 64, k_steps * group_passes<T>(static_cast<int>(tail)), 0};
   int64_t m = 0;
   for (; m + kMR <= mc; m += kMR)
-    panel<T, W, kMR>(x + m * K, p, K, scale, bias, out + m * N, N, n0, nv);
+    panel<T, W, kMR>(x + m * K, p, K, scale, bias, out + m * N, N, n0, nv, pf);
   const T* xm = x + m * K;
   T* om = out + m * N;
-  switch (mc - m) {
-    case 1: panel<T, W, 1>(xm, p, K, scale, bias, om, N, n0, nv); break;
-    case 2: panel<T, W, 2>(xm, p, K, scale, bias, om, N, n0, nv); break;
-    case 3: panel<T, W, 3>(xm, p, K, scale, bias, om, N, n0, nv); break;
-    case 4: panel<T, W, 4>(xm, p, K, scale, bias, om, N, n0, nv); break;
-    case 5: panel<T, W, 5>(xm, p, K, scale, bias, om, N, n0, nv); break;
+  switch (tail) {
+    case 1: panel<T, W, 1>(xm, p, K, scale, bias, om, N, n0, nv, none); break;
+    case 2: panel<T, W, 2>(xm, p, K, scale, bias, om, N, n0, nv, none); break;
+    case 3: panel<T, W, 3>(xm, p, K, scale, bias, om, N, n0, nv, none); break;
+    case 4: panel<T, W, 4>(xm, p, K, scale, bias, om, N, n0, nv, none); break;
+    case 5: panel<T, W, 5>(xm, p, K, scale, bias, om, N, n0, nv, none); break;
     default: break;
   }
 }
@@ -455,14 +512,20 @@ void run(const T* x, const W* wp, const T* bias, T* out, int64_t M, int64_t K, i
     // `threads` parts so the bands are equal; a row's sums are the same whichever part holds it.
     const int64_t parts = (threads > 1 && panels % threads != 0 && mc >= threads * kMR) ? threads : 1;
     const int64_t part_rows = (mc + parts - 1) / parts;  // every row in exactly one part
+    const bool more_chunks = m0 + chunk < M;
     at::parallel_for(0, panels * parts, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t p = t / parts, r0 = (t % parts) * part_rows;
         const int64_t rows = std::min(mc, r0 + part_rows) - r0;
         if (rows <= 0) continue;
         const int64_t n0 = p * kPanel;
+        // the next panel this thread reads: the next task's (unless it is this panel again,
+        // i.e. another row part), or after the band's last task its first one, next chunk
+        const int64_t np = t + 1 < t1 ? (t + 1) / parts : (more_chunks ? t0 / parts : p);
+        const W* next = np != p ? wp + np * panel_elems : nullptr;
         rows_panel<T, W>(x + (m0 + r0) * K, wp + p * panel_elems, rows, K, scale, bias,
-                         out + (m0 + r0) * N + n0, N, n0, std::min(kPanel, N - n0));
+                         out + (m0 + r0) * N + n0, N, n0, std::min(kPanel, N - n0), next,
+                         panel_elems * static_cast<int64_t>(sizeof(W)));
       }
     });
   }
