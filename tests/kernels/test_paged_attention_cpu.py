@@ -99,6 +99,20 @@ def test_thread_count_does_not_change_results() -> None:
     assert torch.equal(one, two)
 
 
+def test_a_row_does_not_depend_on_the_rows_beside_it() -> None:
+    """The last new token of a sequence gets the same bits whether it is decoded alone or with
+    1..7 tokens before it in the step (a verify or a prefill chunk): its (token, head) rows then
+    sit in tiles of different sizes, whose score sums must not change order with the size."""
+    q, kc, vc, bt, qsl, cl, _ = _build([8], [100], 9, 3, 64, 16, seed=5)
+    outs = []
+    for n in range(1, 9):
+        qn = q[-n:].contiguous()
+        qsl_n = torch.tensor([0, n], dtype=torch.int32)
+        outs.append(cpu_kernel.paged_attention(qn, kc, vc, bt, qsl_n, cl, 0.125)[-1])
+    for n, o in enumerate(outs[1:], start=2):
+        assert torch.equal(o, outs[0]), f"the last token's output changed with {n} tokens in the step"
+
+
 def test_bad_metadata_is_refused() -> None:
     q, kc, vc, bt, qsl, cl, _ = _build([2, 1], [5, 9], 4, 2, 64, 16, seed=1)
     with pytest.raises(RuntimeError, match="new tokens <= context"):

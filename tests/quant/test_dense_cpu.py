@@ -67,6 +67,26 @@ def test_threads_do_not_change_results() -> None:
     assert torch.equal(one, two)
 
 
+def test_a_row_does_not_depend_on_the_batch() -> None:
+    """A row's outputs are the same bits whatever rows share its call and whatever threads run
+    it: alone (a single stream), as a leftover row of a tile, or in a full tile of a row part
+    (2 threads split a panel's rows when the panels do not divide over them)."""
+    torch.manual_seed(0)
+    x, w = torch.randn(19, 576), torch.randn(960, 576)
+    wp = dense_cpu.pack(w)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        ref = dense_cpu.packed_linear(x, wp, 960)
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            for start, m in ((0, 1), (5, 1), (0, 2), (6, 1), (0, 7), (3, 8), (0, 13), (0, 19)):
+                got = dense_cpu.packed_linear(x[start : start + m].contiguous(), wp, 960)
+                assert torch.equal(got, ref[start : start + m]), f"rows {start}..{start + m} at {threads} thread(s)"
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_leading_dims_and_empty() -> None:
     x, w = torch.randn(2, 3, 40), torch.randn(9, 40)
     torch.testing.assert_close(dense_cpu.kernel(x, w), F.linear(x, w), atol=1e-5, rtol=1e-5)

@@ -150,29 +150,20 @@ void attend_tile(const Ctx& c, int64_t b, int64_t h, int64_t first) {
     const bool pf = k1 < max_lim;
     const float* kn = pf ? c.kblock(b, h, k1 / BS) + k1 % BS : kt;
     const float* vn = pf ? c.vblock(b, h, k1 / BS) + (k1 % BS) * D : vb;
-    // scores: NP partial sums per row over interleaved d, so at least ~6 independent FMA
-    // chains are in flight (a 4-cycle FMA latency would otherwise bound a 3-row decode tile)
-    constexpr int NP = R >= 4 ? 1 : (R == 1 ? 4 : 2);
-    vf sp[NP][R];
-    for (int i = 0; i < NP; ++i)
-      for (int r = 0; r < R; ++r) sp[i][r] = vf{};
-    for (int d = 0; d < D; d += NP) {
-      if (pf) {
-        for (int i = 0; i < NP; ++i) {
-          __builtin_prefetch(kn + (d + i) * BS, 0, 1);
-          // V: the slice's kLanes x D floats, one prefetch per kLanes of them
-          __builtin_prefetch(vn + (d + i) * kLanes, 0, 1);
-        }
-      }
-      for (int i = 0; i < NP; ++i) {
-        const vf kv = load(kt + (d + i) * BS);
-        for (int r = 0; r < R; ++r) sp[i][r] += qs[r][d + i] * kv;
-      }
-    }
+    // scores: one chain per row over d, in the same order whatever the tile's row count, so
+    // a row's bits do not depend on the rows beside it (a decode alone vs in a verify or
+    // prefill chunk). A 3-row decode tile is then FMA-latency-bound at ~16 B of K per cycle,
+    // still above what a core reads from memory
     vf s[R];
-    for (int r = 0; r < R; ++r) {
-      s[r] = sp[0][r];
-      for (int i = 1; i < NP; ++i) s[r] += sp[i][r];
+    for (int r = 0; r < R; ++r) s[r] = vf{};
+    for (int d = 0; d < D; ++d) {
+      if (pf) {
+        __builtin_prefetch(kn + d * BS, 0, 1);
+        // V: the slice's kLanes x D floats, one prefetch per kLanes of them
+        __builtin_prefetch(vn + d * kLanes, 0, 1);
+      }
+      const vf kv = load(kt + d * BS);
+      for (int r = 0; r < R; ++r) s[r] += qs[r][d] * kv;
     }
     // online softmax, row by row: p = exp(s - m), the old sums scaled by corr
     const bool masked = k0 + kLanes > min_lim;

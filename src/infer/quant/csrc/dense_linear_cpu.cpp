@@ -135,30 +135,10 @@ inline void panel_f32(const float* x, const W* p, int64_t K, const float* scale,
   __m512 acc[MR][4];
   for (int m = 0; m < MR; ++m)
     for (int j = 0; j < 4; ++j) acc[m][j] = _mm512_setzero_ps();
-  int64_t k = 0;
-  if constexpr (MR == 1) {
-    // one row gives only four FMA chains: a second set for odd k hides the FMA latency
-    __m512 o0 = _mm512_setzero_ps(), o1 = o0, o2 = o0, o3 = o0;
-    for (; k + 2 <= K; k += 2) {
-      const W* w = p + k * kPanel;
-      const __m512 xe = bcast(x + k), xo = bcast(x + k + 1);
-      acc[0][0] = _mm512_fmadd_ps(load_w(w), xe, acc[0][0]);
-      acc[0][1] = _mm512_fmadd_ps(load_w(w + 16), xe, acc[0][1]);
-      acc[0][2] = _mm512_fmadd_ps(load_w(w + 32), xe, acc[0][2]);
-      acc[0][3] = _mm512_fmadd_ps(load_w(w + 48), xe, acc[0][3]);
-      o0 = _mm512_fmadd_ps(load_w(w + 64), xo, o0);
-      o1 = _mm512_fmadd_ps(load_w(w + 80), xo, o1);
-      o2 = _mm512_fmadd_ps(load_w(w + 96), xo, o2);
-      o3 = _mm512_fmadd_ps(load_w(w + 112), xo, o3);
-      pf.step();
-      pf.step();
-    }
-    acc[0][0] = _mm512_add_ps(acc[0][0], o0);
-    acc[0][1] = _mm512_add_ps(acc[0][1], o1);
-    acc[0][2] = _mm512_add_ps(acc[0][2], o2);
-    acc[0][3] = _mm512_add_ps(acc[0][3], o3);
-  }
-  for (; k < K; ++k) {
+  // one chain per column over k for every MR (also one row: a second chain for odd k would
+  // hide FMA latency, but the row's bits would then differ from the same row in a bigger
+  // tile, i.e. depend on the batch; one row is bound by memory, not by that latency)
+  for (int64_t k = 0; k < K; ++k) {
     const W* w = p + k * kPanel;
     __m512 wv[4];
     for (int j = 0; j < 4; ++j) wv[j] = load_w(w + 16 * j);
@@ -177,10 +157,10 @@ inline void panel_f32(const float* x, const W* p, int64_t K, const float* scale,
 // tile, so up to 6 rows run against column strips: 6 rows x 16 columns (12 accumulators; per
 // k one weight line and 6 broadcasts feed 12 FMAs), fewer rows on wider strips, and a single
 // row (decode) on the whole panel width in one pass (8 accumulators), so each weight line is
-// streamed exactly once. Sums over k in order, per column, in one chain (the AVX-512 path
-// keeps even and odd k apart for some tiles, and -ffp-contract is left at GCC's default here,
-// so results may differ from an AVX-512 host's in the last bits; on one host they do not
-// depend on the batch: a row's sums are the same in every tile shape).
+// streamed exactly once. Sums over k in order, per column, in one chain, as the AVX-512 tiles
+// do, so a row's sums are the same in every tile shape (they do not depend on the batch);
+// the FMAs come from GCC's default contraction here, so the last bits may still differ from
+// an AVX-512 host's.
 typedef float v8f __attribute__((vector_size(32), aligned(4)));
 typedef int8_t v8b __attribute__((vector_size(8), aligned(1)));
 
