@@ -1,5 +1,6 @@
-"""keep_freed_memory: after it, a freed large activation block is reused without page faults
-(before it, glibc unmaps blocks above 32 MiB and every reuse faults each page in again)."""
+"""keep_freed_memory: after it, freed large activation blocks stay mapped and are reused without
+page faults (before it, glibc unmaps blocks above 32 MiB and every reuse faults each page in
+again)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ SCRIPT = """
 import resource, sys, torch
 from infer.malloc_tuning import keep_freed_memory
 tuned = keep_freed_memory() if sys.argv[1] == "on" else False
-x = torch.empty(64 << 18).fill_(1.0)  # 64 MiB of fp32
+x = torch.empty(64 << 18).fill_(1.0)  # 64 MiB of fp32: its first use faults either way
 del x
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-y = torch.empty(64 << 18).fill_(2.0)
+for i in range(8):  # like a prefill's per-layer activations: allocated, used, freed, again
+    y = torch.empty(64 << 18).fill_(float(i))
+    del y
 print(tuned, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
@@ -33,9 +36,12 @@ def test_freed_block_is_reused_without_page_faults() -> None:
     tuned, faults_on = _faults("on")
     assert tuned, "mallopt refused the thresholds"
     _, faults_off = _faults("off")
-    # untuned: every page faults again (16,384 on 4 KiB pages, 32 where THP is "always");
-    # tuned: the heap block is still mapped, so (next to) none
-    assert faults_on <= max(faults_off // 10, 16), (
-        f"tuned reuse faulted {faults_on} times, untuned {faults_off}"
+    # untuned: every reuse faults every page again (8 x 16,384 on 4 KiB pages, 8 x 32 where
+    # THP is "always"); tuned: the freed block stays mapped. Not always the SAME block: when
+    # the first one does not border the heap top, a small allocation may split it and the
+    # heap grows once (a fresh 64 MiB, faulted once; seen in about half the runs), after which
+    # the blocks are reused. So at most one block's worth of faults, not none
+    assert faults_on <= max(faults_off // 4, 16), (
+        f"8 tuned reuses faulted {faults_on} times, untuned {faults_off}"
     )
-    assert faults_off >= 32, f"the untuned reuse should fault its pages in again ({faults_off})"
+    assert faults_off >= 8 * 32, f"the untuned reuses should fault their pages in again ({faults_off})"
