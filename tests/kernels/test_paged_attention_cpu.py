@@ -103,7 +103,7 @@ def test_a_row_does_not_depend_on_the_rows_beside_it() -> None:
     """The last new token of a sequence gets the same bits whether it is decoded alone or with
     1..7 tokens before it in the step (a verify or a prefill chunk): its (token, head) rows then
     sit in tiles of different sizes, whose score sums must not change order with the size."""
-    q, kc, vc, bt, qsl, cl, _ = _build([8], [100], 9, 3, 64, 16, seed=5)
+    q, kc, vc, bt, _qsl, cl, _ = _build([8], [100], 9, 3, 64, 16, seed=5)
     outs = []
     for n in range(1, 9):
         qn = q[-n:].contiguous()
