@@ -40,8 +40,10 @@ def test_freed_block_is_reused_without_page_faults() -> None:
     # THP is "always"); tuned: the freed block stays mapped. Not always the SAME block: when
     # the first one does not border the heap top, a small allocation may split it and the
     # heap grows once (a fresh 64 MiB, faulted once; seen in about half the runs), after which
-    # the blocks are reused. So at most one block's worth of faults, not none
-    assert faults_on <= max(faults_off // 4, 16), (
+    # the blocks are reused. So at most one block's worth of faults (an untuned reuse's, plus
+    # 10% or 16 for the odd other page), not none
+    per_reuse = faults_off // 8
+    assert faults_on <= per_reuse + max(per_reuse // 10, 16), (
         f"8 tuned reuses faulted {faults_on} times, untuned {faults_off}"
     )
     assert faults_off >= 8 * 32, f"the untuned reuses should fault their pages in again ({faults_off})"

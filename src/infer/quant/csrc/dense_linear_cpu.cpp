@@ -193,14 +193,14 @@ inline void tile_f32(const float* x, const W* p, int64_t K, int c0, float (*sums
     for (int j = 0; j < NJ; ++j) *reinterpret_cast<v8f*>(sums[r] + c0 + 8 * j) = acc[r][j];
 }
 
-template <int R>
-constexpr int kStripCols = 8 * (R == 1 ? 8 : (R <= 3 ? 4 : 2));  // R x NJ <= 12 accumulators
+// columns per strip for R rows: R x (columns / 8) <= 12 accumulators
+constexpr int strip_cols(int rows) { return 8 * (rows == 1 ? 8 : (rows <= 3 ? 4 : 2)); }
 
 template <int R, typename W>
 inline void rows_f32(const float* x, const W* p, int64_t K, float (*sums)[kPanel],
                      NextPanel& next) {
-  for (int c0 = 0; c0 < kPanel; c0 += kStripCols<R>)
-    tile_f32<R, kStripCols<R> / 8>(x, p, K, c0, sums, next);
+  constexpr int kCols = strip_cols(R);
+  for (int c0 = 0; c0 < kPanel; c0 += kCols) tile_f32<R, kCols / 8>(x, p, K, c0, sums, next);
 }
 
 template <int MR, typename W>
@@ -278,12 +278,11 @@ inline void panel(const T* x, const W* p, int64_t K, const float* scale, const T
     panel_bf16<MR>(x, p, K, bias, out, N, n0, nv, next);
 }
 
-// k steps one kMR-row group makes over a panel (the AVX2 tile passes over it in strips)
+// passes a tile of `rows` rows makes over a panel's k (the AVX2 tiles go strip by strip)
 template <typename T>
 constexpr int64_t group_passes(int rows) {
 #if !defined(INFER_DENSE_SIMD) && defined(__AVX2__) && defined(__FMA__)
-  if constexpr (std::is_same_v<T, float>)
-    return kPanel / (rows == 1 ? kStripCols<1> : rows <= 3 ? kStripCols<3> : kStripCols<6>);
+  if constexpr (std::is_same_v<T, float>) return kPanel / strip_cols(rows);
 #endif
   return 1;
 }
@@ -299,24 +298,24 @@ __attribute__((noinline)) void rows_panel(const T* x, const W* p, int64_t mc, in
                                           int64_t next_bytes = 0) {
   const int64_t groups = mc / kMR, tail = mc % kMR;
   const int64_t k_steps = std::is_same_v<W, bf16> ? (K + 1) / 2 : K;
-  NextPanel pf, none;
+  NextPanel pf, tail_pf;  // the prefetch of the full groups / of the leftover rows' tile
   // spread over the full groups; with none (fewer than kMR rows), over the leftover rows'
   // pass. One row is a pure weight stream with no FMA time to hide it behind (no gain seen)
   if (next_p && groups > 0)
     pf = NextPanel{static_cast<const char*>(next_p), next_bytes / 64, groups * k_steps * group_passes<T>(kMR), 0};
   else if (next_p && mc > 1)
-    none = NextPanel{static_cast<const char*>(next_p), next_bytes / 64, k_steps * group_passes<T>(static_cast<int>(tail)), 0};
+    tail_pf = NextPanel{static_cast<const char*>(next_p), next_bytes / 64, k_steps * group_passes<T>(static_cast<int>(tail)), 0};
   int64_t m = 0;
   for (; m + kMR <= mc; m += kMR)
     panel<T, W, kMR>(x + m * K, p, K, scale, bias, out + m * N, N, n0, nv, pf);
   const T* xm = x + m * K;
   T* om = out + m * N;
   switch (tail) {
-    case 1: panel<T, W, 1>(xm, p, K, scale, bias, om, N, n0, nv, none); break;
-    case 2: panel<T, W, 2>(xm, p, K, scale, bias, om, N, n0, nv, none); break;
-    case 3: panel<T, W, 3>(xm, p, K, scale, bias, om, N, n0, nv, none); break;
-    case 4: panel<T, W, 4>(xm, p, K, scale, bias, om, N, n0, nv, none); break;
-    case 5: panel<T, W, 5>(xm, p, K, scale, bias, om, N, n0, nv, none); break;
+    case 1: panel<T, W, 1>(xm, p, K, scale, bias, om, N, n0, nv, tail_pf); break;
+    case 2: panel<T, W, 2>(xm, p, K, scale, bias, om, N, n0, nv, tail_pf); break;
+    case 3: panel<T, W, 3>(xm, p, K, scale, bias, om, N, n0, nv, tail_pf); break;
+    case 4: panel<T, W, 4>(xm, p, K, scale, bias, om, N, n0, nv, tail_pf); break;
+    case 5: panel<T, W, 5>(xm, p, K, scale, bias, om, N, n0, nv, tail_pf); break;
     default: break;
   }
 }
