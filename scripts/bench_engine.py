@@ -15,6 +15,10 @@ Peers run in their own venvs as subprocesses (scripts/setup_peers.sh installs vL
 OpenVINO; HF runs with this interpreter):
 
     .venv/bin/python scripts/bench_engine.py --threads 1 2 --requests 48 --baseline hf vllm openvino
+
+With ``--repeat K`` the engine and the peers run K rounds, the order reversed every other
+round (ours first, then the peers first), and each engine's best round is compared: on a host
+whose memory speed drifts over minutes, a single ours-then-peers pass is not neutral.
 """
 
 from __future__ import annotations
@@ -172,62 +176,130 @@ def _offline_tok_s(result: dict[str, object]) -> float:
     return float(off["output_tok_s"]) if isinstance(off, dict) else 0.0
 
 
-def bench_threads(args: argparse.Namespace, threads: int, peers: dict[str, Peer]) -> dict[str, object]:
-    """Ours, then every peer, at ``threads`` threads; one flat metrics dict."""
-    torch.set_num_threads(threads)
+def run_ours(args: argparse.Namespace, threads: int, work: list[tuple[list[int], int]] | None
+             ) -> dict[str, object]:
+    """One round of the engine at ``threads`` threads: single stream, the memory probes and
+    (unless skipped) the offline workload (made from the corpus when ``work`` is None). The
+    engine is torn down before returning, so a peer after it gets the memory and the cores."""
     llm = LLM(model=args.model, attention=args.attention, threads=threads, **json.loads(args.engine_args))
     model, tok = llm.engine.runner.model, llm.get_tokenizer()
-    res: dict[str, object] = {"threads": threads}
     prompt = corpus_tokens(tok, 64)[:32]
-    ours_ss, ours_ss_out = our_single_stream(llm, prompt, args.decode_tokens, args.rounds)
-    wp, bw, wb = weight_pass_time(model), read_bandwidth(), weight_bytes(model)
-    res.update(decode_tok_s=ours_ss, weight_pass_ms=1000 * wp, weight_pass_tok_s=1 / wp,
-               weight_mb=wb / 2**20, mem_read_gb_s=bw / 1e9, mem_bound_tok_s=bw / wb,
-               decode_frac_mem_bound=ours_ss * wb / bw)
-    print(f"[{threads} thread(s)] single stream: engine {ours_ss:.1f} tok/s = {100 * ours_ss * wb / bw:.0f}% of "
-          f"the memory-read bound {bw / wb:.1f} tok/s ({bw / 1e9:.1f} GB/s, {wb / 2**20:.0f} MiB of weights)")
-    work: list[tuple[list[int], int]] = []
-    outs: list[list[int]] | None = None
+    ss, ss_out = our_single_stream(llm, prompt, args.decode_tokens, args.rounds)
+    r: dict[str, object] = {"decode_tok_s": ss, "single_output": ss_out, "prompt": prompt,
+                            "weight_pass_s": weight_pass_time(model), "read_bw": read_bandwidth(),
+                            "weight_bytes": weight_bytes(model), "path": llm.model_path,
+                            "pad": tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id}
+    print(f"[{threads} thread(s)] engine single stream: {ss:.1f} tok/s", flush=True)
     if not args.skip_throughput:
-        work = make_workload(corpus_tokens(tok, 200_000), args.requests, tuple(args.prompt_len),
-                             tuple(args.output_len), seed=0)
-        useful = sum(o for _, o in work)
+        if work is None:
+            work = make_workload(corpus_tokens(tok, 200_000), args.requests, tuple(args.prompt_len),
+                                 tuple(args.output_len), seed=0)
         rate = gemm_rate(model)
         t_eng, routs = run_engine(llm, work)
-        rate = max(rate, gemm_rate(model))
-        flops = model_flops(model, work)
-        outs = [list(o.outputs[0].token_ids) for o in routs]
-        res.update(requests=len(work), useful_output_tokens=useful, elapsed_s=t_eng, output_tok_s=useful / t_eng,
-                   gemm_gflop_s=rate / 1e9, workload_tflop=flops / 1e12, roofline_frac=flops / rate / t_eng,
-                   preemptions=llm.engine.scheduler.num_preemptions)
-        print(f"[{threads} thread(s)] engine: {len(work)} requests, {useful} useful tokens in {t_eng:.1f} s = "
-              f"{useful / t_eng:.1f} tok/s, {100 * flops / rate / t_eng:.0f}% of the compute roofline")
-    path, pad = llm.model_path, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    del llm, model  # the peers get the memory (and the cores) to themselves
+        useful = sum(o for _, o in work)
+        r.update(work=work, elapsed_s=t_eng, output_tok_s=useful / t_eng, useful=useful,
+                 gemm_rate=max(rate, gemm_rate(model)), flops=model_flops(model, work),
+                 outputs=[list(o.outputs[0].token_ids) for o in routs],
+                 preemptions=llm.engine.scheduler.num_preemptions)
+        print(f"[{threads} thread(s)] engine offline: {len(work)} requests, {useful} useful tokens in "
+              f"{t_eng:.1f} s = {useful / t_eng:.1f} tok/s", flush=True)
+    del llm, model
     gc.collect()
+    return r
+
+
+def run_one_peer(args: argparse.Namespace, threads: int, name: str, peer: Peer, ours: dict[str, object],
+                 logs: Path) -> dict[str, object]:
+    """One round of ``peer`` on the requests and single-stream prompt of ``ours``; HF: its
+    best static batch size."""
+    work = ours.get("work") or []
+    n = args.hf_requests if name == "hf" and args.hf_requests else len(work)  # type: ignore[arg-type]
+    best: dict[str, object] | None = None
+    per_batch: dict[str, object] = {}
+    for b in args.hf_batch if name == "hf" else [0]:
+        if name == "hf":
+            peer.options.update(batch_size=b, pad_id=int(ours["pad"]))  # type: ignore[call-overload]
+        job = make_job(peer, ours["path"], "float32", threads, work[:n],  # type: ignore[arg-type,index]
+                       (ours["prompt"], args.decode_tokens, args.rounds), 2)
+        print(f"[{threads} thread(s)] running {name} ...", flush=True)
+        r = run_peer(peer, job, log_dir=logs)
+        if name == "hf" and r["offline"]:
+            per_batch[f"hf_b{b}_output_tok_s"] = r["offline"]["output_tok_s"]
+        if best is None or _offline_tok_s(r) > _offline_tok_s(best):
+            best = r
+    assert best is not None
+    return {**best, **per_batch}
+
+
+def _best_of(rounds: list[dict[str, object]]) -> dict[str, object]:
+    """A peer's result made of its best offline round and its best single-stream round."""
+    off = max(rounds, key=_offline_tok_s)
+    ss = max(rounds, key=lambda r: float(r["single_stream"]["decode_tok_s"]) if r.get("single_stream") else 0.0)  # type: ignore[index]
+    return {**off, "single_stream": ss.get("single_stream")}
+
+
+def bench_threads(args: argparse.Namespace, threads: int, peers: dict[str, Peer]) -> dict[str, object]:
+    """``args.repeat`` rounds of the engine and every peer at ``threads`` threads, the order
+    reversed every other round (ours first, then peers first) so that a host whose memory
+    speed drifts favours nobody; each engine's best round is compared. One flat metrics dict,
+    with every round's figures under ``rounds``."""
+    torch.set_num_threads(threads)
     logs = Path(args.out).parent / "peer_logs" / f"t{threads}"
-    for name, peer in peers.items():
-        n = args.hf_requests if name == "hf" and args.hf_requests else len(work)
-        best: dict[str, object] | None = None
-        for b in args.hf_batch if name == "hf" else [0]:  # HF: each static batch size, best kept
-            if name == "hf":
-                peer.options.update(batch_size=b, pad_id=int(pad))
-            job = make_job(peer, path, "float32", threads, work[:n], (prompt, args.decode_tokens, args.rounds), 2)
-            print(f"[{threads} thread(s)] running {name} ...", flush=True)
-            r = run_peer(peer, job, log_dir=logs)
-            if name == "hf" and r["offline"]:
-                res[f"hf_b{b}_output_tok_s"] = r["offline"]["output_tok_s"]
-            if best is None or _offline_tok_s(r) > _offline_tok_s(best):
-                best = r
-        assert best is not None
-        res.update(peer_metrics(name, best, res.get("output_tok_s"), outs[:n] if outs else None,  # type: ignore[arg-type]
-                                ours_ss, ours_ss_out))
+    ours: list[dict[str, object]] = []
+    theirs: dict[str, list[dict[str, object]]] = {p: [] for p in peers}
+    rounds: list[dict[str, float]] = []
+    for k in range(args.repeat):
+        # round 1 runs ours first: it makes the requests (and the prompt) the peers get
+        order = ["infer", *peers] if k % 2 == 0 else [*peers, "infer"]
+        seen: dict[str, float] = {}
+        for name in order:
+            if name == "infer":
+                ours.append(run_ours(args, threads, ours[0].get("work") if ours else None))  # type: ignore[arg-type]
+                seen.update(infer=float(ours[-1].get("output_tok_s", 0.0)),  # type: ignore[arg-type]
+                            infer_decode=float(ours[-1]["decode_tok_s"]))  # type: ignore[arg-type]
+            else:
+                r = run_one_peer(args, threads, name, peers[name], ours[0], logs)
+                theirs[name].append(r)
+                ss = r.get("single_stream")
+                seen.update({name: _offline_tok_s(r),
+                             f"{name}_decode": float(ss["decode_tok_s"]) if ss else 0.0})  # type: ignore[index]
+        rounds.append(seen)
+        print(f"[{threads} thread(s)] round {k + 1}/{args.repeat} ({' then '.join(order)}): "
+              + ", ".join(f"{key} {v:.1f}" for key, v in seen.items()), flush=True)
+    best_off = max(ours, key=lambda r: float(r.get("output_tok_s", 0.0)))  # type: ignore[arg-type]
+    best_ss = max(ours, key=lambda r: float(r["decode_tok_s"]))  # type: ignore[arg-type]
+    wb = int(best_ss["weight_bytes"])  # type: ignore[call-overload]
+    bw = max(float(r["read_bw"]) for r in ours)  # type: ignore[arg-type]
     if peers:  # measured again after the peers: the best seen is nearest the machine's bound
         bw = max(bw, read_bandwidth())
-        res.update(mem_read_gb_s=bw / 1e9, mem_bound_tok_s=bw / wb, decode_frac_mem_bound=ours_ss * wb / bw)
+    wp = min(float(r["weight_pass_s"]) for r in ours)  # type: ignore[arg-type]
+    ss = float(best_ss["decode_tok_s"])  # type: ignore[arg-type]
+    res: dict[str, object] = {"threads": threads, "repeat": args.repeat, "rounds": rounds,
+                              "decode_tok_s": ss, "weight_pass_ms": 1000 * wp, "weight_pass_tok_s": 1 / wp,
+                              "weight_mb": wb / 2**20, "mem_read_gb_s": bw / 1e9, "mem_bound_tok_s": bw / wb,
+                              "decode_frac_mem_bound": ss * wb / bw}
+    outs: list[list[int]] | None = None
+    if "output_tok_s" in best_off:
+        outs = best_off["outputs"]  # type: ignore[assignment]
+        same = all(r["outputs"] == outs for r in ours)
+        t_eng, flops, rate = float(best_off["elapsed_s"]), float(best_off["flops"]), float(best_off["gemm_rate"])  # type: ignore[arg-type]
+        res.update(requests=len(outs), useful_output_tokens=best_off["useful"], elapsed_s=t_eng,  # type: ignore[arg-type]
+                   output_tok_s=best_off["output_tok_s"], gemm_gflop_s=rate / 1e9, workload_tflop=flops / 1e12,
+                   roofline_frac=flops / rate / t_eng, preemptions=best_off["preemptions"],
+                   outputs_same_every_round=same)
     for name in peers:
+        best = _best_of(theirs[name])
+        n = args.hf_requests if name == "hf" and args.hf_requests else len(outs or [])
+        res.update(peer_metrics(name, best, res.get("output_tok_s"), outs[:n] if outs else None,  # type: ignore[arg-type]
+                                ss, best_ss["single_output"]))  # type: ignore[arg-type]
+        res.update({k: v for k, v in best.items() if k.startswith("hf_b")})
         if f"{name}_decode_tok_s" in res:
             res[f"{name}_decode_frac_mem_bound"] = float(res[f"{name}_decode_tok_s"]) * wb / bw  # type: ignore[arg-type]
+    print(f"[{threads} thread(s)] single stream: engine {ss:.1f} tok/s = {100 * ss * wb / bw:.0f}% of the "
+          f"memory-read bound {bw / wb:.1f} tok/s ({bw / 1e9:.1f} GB/s, {wb / 2**20:.0f} MiB of weights)")
+    if outs is not None:
+        print(f"[{threads} thread(s)] engine offline best of {args.repeat}: {res['output_tok_s']:.1f} tok/s, "
+              f"{100 * float(res['roofline_frac']):.0f}% of the compute roofline")  # type: ignore[arg-type]
     print(f"\n[{threads} thread(s)]\n" + format_table(res, list(peers)) + "\n", flush=True)
     return res
 
@@ -247,6 +319,8 @@ def main() -> None:
     ap.add_argument("--hf-requests", type=int, default=None, help="run HF on the first N requests only (ratio uses tok/s)")
     ap.add_argument("--decode-tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3, help="single-stream rounds (best kept)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rounds of ours and every peer, the order reversed every other round (best round kept)")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--engine-args", default="{}", help="JSON dict of engine knobs, e.g. '{\"max_num_seqs\": 64}'")
     ap.add_argument("--out", default="outputs/bench_engine.json")
