@@ -6,6 +6,8 @@
 // loops whose scalar tail (past the last full vector) uses libm.
 #pragma once
 
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -35,17 +37,26 @@ inline vf load(const float* p) { return *reinterpret_cast<const vf*>(p); }
 inline void store(float* p, vf v) { *reinterpret_cast<vf*>(p) = v; }
 inline vf splat(float x) { return vf{} + x; }
 
+// Reductions over the lanes as a fixed tree: lane i + w added to lane i for w = kLanes/2,
+// ..., 1 (the order of _mm512_reduce_add_ps, used where AVX-512 is). A row's result depends
+// only on its vector, not on what else is computed beside it; a sequential sum over the
+// lanes was one 16-step latency chain per call (the decode softmax's critical path).
+#if defined(__AVX512F__)
+inline float hmax(vf v) { return _mm512_reduce_max_ps(reinterpret_cast<__m512&>(v)); }
+inline float hsum(vf v) { return _mm512_reduce_add_ps(reinterpret_cast<__m512&>(v)); }
+#else
 inline float hmax(vf v) {
-  float m = v[0];
-  for (int i = 1; i < kLanes; ++i) m = std::max(m, v[i]);
-  return m;
+  for (int w = kLanes / 2; w > 0; w /= 2)
+    for (int i = 0; i < w; ++i) v[i] = std::max(v[i], v[i + w]);
+  return v[0];
 }
 
 inline float hsum(vf v) {
-  float s = 0.f;
-  for (int i = 0; i < kLanes; ++i) s += v[i];
-  return s;
+  for (int w = kLanes / 2; w > 0; w /= 2)
+    for (int i = 0; i < w; ++i) v[i] += v[i + w];
+  return v[0];
 }
+#endif
 
 // e^x per lane. Cody-Waite reduction x = n ln2 + r (|r| <= ln2/2), a degree-6 polynomial for
 // e^r (relative error ~1e-7, the order of libm's expf), 2^n put into the exponent bits.

@@ -47,6 +47,9 @@ using infer_vec::vi;
 
 constexpr int kRows = 8;    // rows per tile: 8 score vectors + 1 K vector in registers
 constexpr int kPrefetch = 2;  // slices ahead whose K/V lines are prefetched (into L2)
+constexpr int kChains = 4;    // score sums per row over d (d mod 4), added in a fixed order
+constexpr int kQKRows = kVecRegs / 8;  // rows whose kChains score sums share the registers
+static_assert(kChains == 4, "the score chains are added as (0 + 1) + (2 + 3)");
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 struct Row {
@@ -150,20 +153,38 @@ void attend_tile(const Ctx& c, int64_t b, int64_t h, int64_t first) {
     const bool pf = k1 < max_lim;
     const float* kn = pf ? c.kblock(b, h, k1 / BS) + k1 % BS : kt;
     const float* vn = pf ? c.vblock(b, h, k1 / BS) + (k1 % BS) * D : vb;
-    // scores: one chain per row over d, in the same order whatever the tile's row count, so
-    // a row's bits do not depend on the rows beside it (a decode alone vs in a verify or
-    // prefill chunk). A 3-row decode tile is then FMA-latency-bound at ~16 B of K per cycle,
-    // still above what a core reads from memory
+    // scores: kChains chains per row over d (d mod kChains), added in one fixed order, the
+    // same for every tile size, so a row's bits do not depend on the rows beside it (a decode
+    // alone vs in a verify or prefill chunk). Rows go kQKRows at a time (their chains fill the
+    // registers; a second group re-reads the slice's K from L1). One chain per row made the
+    // 3-row decode tile FMA-latency-bound (4 cycles per d): with the softmax it ran at ~12 GB/s
+    // of K/V from cache, and memory and compute time added up to ~7 GB/s from DRAM
     vf s[R];
-    for (int r = 0; r < R; ++r) s[r] = vf{};
-    for (int d = 0; d < D; ++d) {
-      if (pf) {
-        __builtin_prefetch(kn + d * BS, 0, 1);
-        // V: the slice's kLanes x D floats, one prefetch per kLanes of them
-        __builtin_prefetch(vn + d * kLanes, 0, 1);
+    for (int r0 = 0; r0 < R; r0 += kQKRows) {
+      constexpr int kG = R < kQKRows ? R : kQKRows;
+      vf ch[kG][kChains];
+      for (int r = 0; r < kG; ++r)
+        for (int i = 0; i < kChains; ++i) ch[r][i] = vf{};
+      const bool fetch = pf && r0 == 0;
+      const float* kd = kt;
+      for (int64_t d = 0; d < D; d += kChains, kd += kChains * BS) {
+        if (fetch) {
+#pragma GCC unroll 4
+          for (int64_t i = 0; i < kChains; ++i) {
+            __builtin_prefetch(kn + (d + i) * BS, 0, 1);
+            // V: the slice's kLanes x D floats, one prefetch per kLanes of them
+            __builtin_prefetch(vn + (d + i) * kLanes, 0, 1);
+          }
+        }
+#pragma GCC unroll 4
+        for (int64_t i = 0; i < kChains; ++i) {
+          const vf kv = load(kd + i * BS);
+          for (int r = 0; r < kG; ++r)
+            if (r0 + r < R) ch[r][i] += qs[r0 + r][d + i] * kv;
+        }
       }
-      const vf kv = load(kt + d * BS);
-      for (int r = 0; r < R; ++r) s[r] += qs[r][d] * kv;
+      for (int r = 0; r < kG; ++r)
+        if (r0 + r < R) s[r0 + r] = (ch[r][0] + ch[r][1]) + (ch[r][2] + ch[r][3]);
     }
     // online softmax, row by row: p = exp(s - m), the old sums scaled by corr
     const bool masked = k0 + kLanes > min_lim;
