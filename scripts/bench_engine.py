@@ -208,12 +208,17 @@ def run_ours(args: argparse.Namespace, threads: int, work: list[tuple[list[int],
     return r
 
 
+def peer_requests(args: argparse.Namespace, name: str, total: int) -> int:
+    """How many of the ``total`` requests ``name`` runs (HF: ``--hf-requests`` when given)."""
+    return args.hf_requests if name == "hf" and args.hf_requests else total
+
+
 def run_one_peer(args: argparse.Namespace, threads: int, name: str, peer: Peer, ours: dict[str, object],
                  logs: Path) -> dict[str, object]:
     """One round of ``peer`` on the requests and single-stream prompt of ``ours``; HF: its
     best static batch size."""
     work = ours.get("work") or []
-    n = args.hf_requests if name == "hf" and args.hf_requests else len(work)  # type: ignore[arg-type]
+    n = peer_requests(args, name, len(work))  # type: ignore[arg-type]
     best: dict[str, object] | None = None
     per_batch: dict[str, object] = {}
     for b in args.hf_batch if name == "hf" else [0]:
@@ -289,7 +294,7 @@ def bench_threads(args: argparse.Namespace, threads: int, peers: dict[str, Peer]
                    outputs_same_every_round=same)
     for name in peers:
         best = _best_of(theirs[name])
-        n = args.hf_requests if name == "hf" and args.hf_requests else len(outs or [])
+        n = peer_requests(args, name, len(outs or []))
         res.update(peer_metrics(name, best, res.get("output_tok_s"), outs[:n] if outs else None,  # type: ignore[arg-type]
                                 ss, best_ss["single_output"]))  # type: ignore[arg-type]
         res.update({k: v for k, v in best.items() if k.startswith("hf_b")})

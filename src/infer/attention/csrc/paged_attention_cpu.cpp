@@ -45,7 +45,7 @@ using infer_vec::vexp;
 using infer_vec::vf;
 using infer_vec::vi;
 
-constexpr int kRows = 8;    // rows per tile: 8 score vectors + 1 K vector in registers
+constexpr int kRows = 8;    // rows per tile: their score vectors stay in registers
 constexpr int kPrefetch = 2;  // slices ahead whose K/V lines are prefetched (into L2)
 constexpr int kChains = 4;    // score sums per row over d (d mod 4), added in a fixed order
 constexpr int kQKRows = kVecRegs / 8;  // rows whose kChains score sums share the registers
