@@ -28,10 +28,14 @@
 // rounded to nearest even.
 //
 // Work split: panels across torch's intra-op threads (each thread a contiguous band: one
-// stream per core); inside a panel, activation rows in groups of kMR = 6 (6 x 4 accumulator
-// registers: the FMA unit, not the loads, is the limit for large M). Activations are taken in
-// chunks of ~192 KB so a chunk and the current panel stay in L2 while the chunk's row groups
-// meet the panel; each chunk re-reads the weights once.
+// stream per core). When the panels do not divide over the threads, a band may start or end
+// inside a panel: with enough rows, at a row part; with few (decode), at one of the panel's
+// four 16-column vectors (the thread then reads only that window's 64-byte lines of each k
+// row), so two threads on N = 576 take 4.5 panels each instead of 5 and 4. A column's sum is
+// the same one chain over k either way. Inside a panel, activation rows in groups of kMR = 6
+// (6 x 4 accumulator registers: the FMA unit, not the loads, is the limit for large M).
+// Activations are taken in chunks of ~192 KB so a chunk and the current panel stay in L2
+// while the chunk's row groups meet the panel; each chunk re-reads the weights once.
 //
 // Instruction sets: AVX-512 (the register tiles above), AVX2 + FMA (16 registers of 8 lanes:
 // fp32/int8 rows in column strips of 16-64, int4 decode in strips of 16; bf16 and the int4
@@ -51,6 +55,7 @@
 namespace {
 
 constexpr int64_t kPanel = 64;            // output columns per packed panel
+constexpr int kVecs = kPanel / 16;        // 16-column vectors per panel (a band's unit)
 constexpr int kMR = 6;                    // activation rows per register tile
 constexpr int64_t kChunkElems = 48 << 10; // activation elements per chunk (192 KB of fp32)
 
@@ -126,31 +131,33 @@ inline __m512 load_w(const int8_t* w) {
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)w)));
 }
 
-// MR rows of x against one fp32 or int8 panel [K, 64] (scale: per-column factor or null).
-template <int MR, typename W>
+// MR rows of x against NV 16-column vectors of one fp32 or int8 panel [K, 64]: p, out and
+// n0 point at the window's first column, nv = its columns that exist (scale: per-column
+// factor or null). Every panel function below takes such a window (NV = kVecs: all of it).
+template <int MR, int NV, typename W>
 inline void panel_f32(const float* x, const W* p, int64_t K, const float* scale,
                       const float* bias, float* out, int64_t N, int64_t n0, int64_t nv,
                       NextPanel& next) {
   NextPanel pf = next;  // a local copy stays in registers through the k loop
-  __m512 acc[MR][4];
+  __m512 acc[MR][NV];
   for (int m = 0; m < MR; ++m)
-    for (int j = 0; j < 4; ++j) acc[m][j] = _mm512_setzero_ps();
+    for (int j = 0; j < NV; ++j) acc[m][j] = _mm512_setzero_ps();
   // one chain per column over k for every MR (also one row: a second chain for odd k would
   // hide FMA latency, but the row's bits would then differ from the same row in a bigger
   // tile, i.e. depend on the batch; one row is bound by memory, not by that latency)
   for (int64_t k = 0; k < K; ++k) {
     const W* w = p + k * kPanel;
-    __m512 wv[4];
-    for (int j = 0; j < 4; ++j) wv[j] = load_w(w + 16 * j);
+    __m512 wv[NV];
+    for (int j = 0; j < NV; ++j) wv[j] = load_w(w + 16 * j);
     for (int m = 0; m < MR; ++m) {
       const __m512 xb = bcast(x + m * K + k);
-      for (int j = 0; j < 4; ++j) acc[m][j] = _mm512_fmadd_ps(wv[j], xb, acc[m][j]);
+      for (int j = 0; j < NV; ++j) acc[m][j] = _mm512_fmadd_ps(wv[j], xb, acc[m][j]);
     }
     pf.step();
   }
   next = pf;
   for (int m = 0; m < MR; ++m)
-    for (int j = 0; j < 4; ++j) store_vec(acc[m][j], scale, bias, out + m * N, n0, nv, j);
+    for (int j = 0; j < NV; ++j) store_vec(acc[m][j], scale, bias, out + m * N, n0, nv, j);
 }
 #elif defined(__AVX2__) && defined(__FMA__)
 // AVX2 (16 vector registers of 8 fp32): the 64-column panel is too wide for one register
@@ -193,58 +200,63 @@ inline void tile_f32(const float* x, const W* p, int64_t K, int c0, float (*sums
     for (int j = 0; j < NJ; ++j) *reinterpret_cast<v8f*>(sums[r] + c0 + 8 * j) = acc[r][j];
 }
 
-// columns per strip for R rows: R x (columns / 8) <= 12 accumulators
-constexpr int strip_cols(int rows) { return 8 * (rows == 1 ? 8 : (rows <= 3 ? 4 : 2)); }
-
-template <int R, typename W>
-inline void rows_f32(const float* x, const W* p, int64_t K, float (*sums)[kPanel],
-                     NextPanel& next) {
-  constexpr int kCols = strip_cols(R);
-  for (int c0 = 0; c0 < kPanel; c0 += kCols) tile_f32<R, kCols / 8>(x, p, K, c0, sums, next);
+// columns per strip for R rows over a window of nv vectors: R x (columns / 8) <= 12
+// accumulators, and the strips tile the window (48 columns: strips of 16)
+constexpr int strip_cols(int rows, int nv) {
+  int c = 8 * (rows == 1 ? 8 : (rows <= 3 ? 4 : 2));
+  while ((16 * nv) % c != 0) c /= 2;
+  return c;
 }
 
-template <int MR, typename W>
+template <int R, int NV, typename W>
+inline void rows_f32(const float* x, const W* p, int64_t K, float (*sums)[kPanel],
+                     NextPanel& next) {
+  constexpr int kCols = strip_cols(R, NV);
+  for (int c0 = 0; c0 < 16 * NV; c0 += kCols) tile_f32<R, kCols / 8>(x, p, K, c0, sums, next);
+}
+
+template <int MR, int NV, typename W>
 inline void panel_f32(const float* x, const W* p, int64_t K, const float* scale,
                       const float* bias, float* out, int64_t N, int64_t n0, int64_t nv,
                       NextPanel& next) {
   alignas(32) float sums[MR][kPanel];
-  rows_f32<MR>(x, p, K, sums, next);
+  rows_f32<MR, NV>(x, p, K, sums, next);
   for (int r = 0; r < MR; ++r) store_row<float>(sums[r], scale, bias, out + r * N, n0, nv);
 }
 #else
-template <int MR, typename W>
+template <int MR, int NV, typename W>
 inline void panel_f32(const float* x, const W* p, int64_t K, const float* scale,
                       const float* bias, float* out, int64_t N, int64_t n0, int64_t nv,
                       NextPanel&) {
   for (int m = 0; m < MR; ++m) {
     float sums[kPanel] = {0.f};
     for (int64_t k = 0; k < K; ++k)
-      for (int64_t j = 0; j < kPanel; ++j) sums[j] += x[m * K + k] * float(p[k * kPanel + j]);
+      for (int64_t j = 0; j < 16 * NV; ++j) sums[j] += x[m * K + k] * float(p[k * kPanel + j]);
     store_row<float>(sums, scale, bias, out + m * N, n0, nv);
   }
 }
 #endif
 
 #if defined(INFER_DENSE_BF16_SIMD)
-// MR rows of x against one bf16 panel [ceil(K/2), 64, 2].
-template <int MR>
+// MR rows of x against NV vectors of one bf16 panel [ceil(K/2), 64, 2].
+template <int MR, int NV>
 inline void panel_bf16(const bf16* x, const bf16* p, int64_t K, const bf16* bias, bf16* out,
                        int64_t N, int64_t n0, int64_t nv, NextPanel& next) {
   NextPanel pf = next;
-  __m512 acc[MR][4];
+  __m512 acc[MR][NV];
   for (int m = 0; m < MR; ++m)
-    for (int j = 0; j < 4; ++j) acc[m][j] = _mm512_setzero_ps();
+    for (int j = 0; j < NV; ++j) acc[m][j] = _mm512_setzero_ps();
   // one k pair: the pair (x[2i], x[2i+1]) is broadcast as one 32-bit lane; bytes = 2 for an
   // odd K's last pair, which then reads (x[K-1], 0) and never the next row
   auto step = [&](int64_t i, int bytes) {
     const bf16* w = p + i * 2 * kPanel;
-    __m512bh wv[4];
-    for (int j = 0; j < 4; ++j) wv[j] = (__m512bh)_mm512_loadu_si512(w + 32 * j);
+    __m512bh wv[NV];
+    for (int j = 0; j < NV; ++j) wv[j] = (__m512bh)_mm512_loadu_si512(w + 32 * j);
     for (int m = 0; m < MR; ++m) {
       uint32_t pair = 0;
       std::memcpy(&pair, x + m * K + 2 * i, bytes);
       const __m512bh xb = (__m512bh)_mm512_set1_epi32((int)pair);
-      for (int j = 0; j < 4; ++j) acc[m][j] = _mm512_dpbf16_ps(acc[m][j], wv[j], xb);
+      for (int j = 0; j < NV; ++j) acc[m][j] = _mm512_dpbf16_ps(acc[m][j], wv[j], xb);
     }
     pf.step();
   };
@@ -252,16 +264,16 @@ inline void panel_bf16(const bf16* x, const bf16* p, int64_t K, const bf16* bias
   if (K & 1) step(K / 2, 2);
   next = pf;
   for (int m = 0; m < MR; ++m)
-    for (int j = 0; j < 4; ++j) store_vec(acc[m][j], bias, out + m * N, n0, nv, j);
+    for (int j = 0; j < NV; ++j) store_vec(acc[m][j], bias, out + m * N, n0, nv, j);
 }
 #else
-template <int MR>
+template <int MR, int NV>
 inline void panel_bf16(const bf16* x, const bf16* p, int64_t K, const bf16* bias, bf16* out,
                        int64_t N, int64_t n0, int64_t nv, NextPanel&) {
   for (int m = 0; m < MR; ++m) {
     float sums[kPanel] = {0.f};
     for (int64_t k = 0; k < K; ++k)
-      for (int64_t j = 0; j < kPanel; ++j)
+      for (int64_t j = 0; j < 16 * NV; ++j)
         sums[j] += float(x[m * K + k]) * float(p[(k / 2) * 2 * kPanel + 2 * j + (k & 1)]);
     store_row<bf16>(sums, nullptr, bias, out + m * N, n0, nv);
   }
@@ -269,54 +281,74 @@ inline void panel_bf16(const bf16* x, const bf16* p, int64_t K, const bf16* bias
 #endif
 
 // T: activation / output dtype; W: packed weight dtype (T itself, or int8 codes for fp32 T).
-template <typename T, typename W, int MR>
+template <typename T, typename W, int MR, int NV>
 inline void panel(const T* x, const W* p, int64_t K, const float* scale, const T* bias, T* out,
                   int64_t N, int64_t n0, int64_t nv, NextPanel& next) {
   if constexpr (std::is_same_v<T, float>)
-    panel_f32<MR, W>(x, p, K, scale, bias, out, N, n0, nv, next);
+    panel_f32<MR, NV, W>(x, p, K, scale, bias, out, N, n0, nv, next);
   else
-    panel_bf16<MR>(x, p, K, bias, out, N, n0, nv, next);
+    panel_bf16<MR, NV>(x, p, K, bias, out, N, n0, nv, next);
 }
 
+// packed elements per output column in one k row of a panel (bf16: a k pair)
+template <typename W>
+constexpr int64_t col_elems() { return std::is_same_v<W, bf16> ? 2 : 1; }
+
 // passes a tile of `rows` rows makes over a panel's k (the AVX2 tiles go strip by strip)
-template <typename T>
+template <typename T, int NV>
 constexpr int64_t group_passes(int rows) {
 #if !defined(INFER_DENSE_SIMD) && defined(__AVX2__) && defined(__FMA__)
-  if constexpr (std::is_same_v<T, float>) return kPanel / strip_cols(rows);
+  if constexpr (std::is_same_v<T, float>) return 16 * NV / strip_cols(rows, NV);
 #endif
   return 1;
 }
 
-// All mc rows of x (groups of kMR, then the 1..5 leftover) against panel p; while the groups
-// run, the next panel of this thread (next_p, next_bytes; null: none) is prefetched into L2.
-// Kept out of line: inlined into the parallel_for body, GCC stored every fp32 accumulator to
-// memory each step.
-template <typename T, typename W>
+// All mc rows of x (groups of kMR, then the 1..5 leftover) against an NV-vector window of
+// panel p; while the groups run, the next panel of this thread (next_p, next_bytes; null:
+// none) is prefetched into L2. Kept out of line: inlined into the parallel_for body, GCC
+// stored every fp32 accumulator to memory each step.
+template <typename T, typename W, int NV>
 __attribute__((noinline)) void rows_panel(const T* x, const W* p, int64_t mc, int64_t K,
                                           const float* scale, const T* bias, T* out, int64_t N,
-                                          int64_t n0, int64_t nv, const void* next_p = nullptr,
-                                          int64_t next_bytes = 0) {
+                                          int64_t n0, int64_t nv, const void* next_p,
+                                          int64_t next_bytes) {
   const int64_t groups = mc / kMR, tail = mc % kMR;
   const int64_t k_steps = std::is_same_v<W, bf16> ? (K + 1) / 2 : K;
   NextPanel pf, tail_pf;  // the prefetch of the full groups / of the leftover rows' tile
   // spread over the full groups; with none (fewer than kMR rows), over the leftover rows'
   // pass. One row is a pure weight stream with no FMA time to hide it behind (no gain seen)
   if (next_p && groups > 0)
-    pf = NextPanel{static_cast<const char*>(next_p), next_bytes / 64, groups * k_steps * group_passes<T>(kMR), 0};
+    pf = NextPanel{static_cast<const char*>(next_p), next_bytes / 64, groups * k_steps * group_passes<T, NV>(kMR), 0};
   else if (next_p && mc > 1)
-    tail_pf = NextPanel{static_cast<const char*>(next_p), next_bytes / 64, k_steps * group_passes<T>(static_cast<int>(tail)), 0};
+    tail_pf = NextPanel{static_cast<const char*>(next_p), next_bytes / 64, k_steps * group_passes<T, NV>(static_cast<int>(tail)), 0};
   int64_t m = 0;
   for (; m + kMR <= mc; m += kMR)
-    panel<T, W, kMR>(x + m * K, p, K, scale, bias, out + m * N, N, n0, nv, pf);
+    panel<T, W, kMR, NV>(x + m * K, p, K, scale, bias, out + m * N, N, n0, nv, pf);
   const T* xm = x + m * K;
   T* om = out + m * N;
   switch (tail) {
-    case 1: panel<T, W, 1>(xm, p, K, scale, bias, om, N, n0, nv, tail_pf); break;
-    case 2: panel<T, W, 2>(xm, p, K, scale, bias, om, N, n0, nv, tail_pf); break;
-    case 3: panel<T, W, 3>(xm, p, K, scale, bias, om, N, n0, nv, tail_pf); break;
-    case 4: panel<T, W, 4>(xm, p, K, scale, bias, om, N, n0, nv, tail_pf); break;
-    case 5: panel<T, W, 5>(xm, p, K, scale, bias, om, N, n0, nv, tail_pf); break;
+    case 1: panel<T, W, 1, NV>(xm, p, K, scale, bias, om, N, n0, nv, tail_pf); break;
+    case 2: panel<T, W, 2, NV>(xm, p, K, scale, bias, om, N, n0, nv, tail_pf); break;
+    case 3: panel<T, W, 3, NV>(xm, p, K, scale, bias, om, N, n0, nv, tail_pf); break;
+    case 4: panel<T, W, 4, NV>(xm, p, K, scale, bias, om, N, n0, nv, tail_pf); break;
+    case 5: panel<T, W, 5, NV>(xm, p, K, scale, bias, om, N, n0, nv, tail_pf); break;
     default: break;
+  }
+}
+
+// Vectors [j0, j0 + nvec) of panel p (p, out, n0, nv as for a whole panel; nvec in 1..kVecs).
+template <typename T, typename W>
+void rows_window(int64_t j0, int64_t nvec, const T* x, const W* p, int64_t mc, int64_t K,
+                 const float* scale, const T* bias, T* out, int64_t N, int64_t n0, int64_t nv,
+                 const void* next_p = nullptr, int64_t next_bytes = 0) {
+  const int64_t c0 = 16 * j0, wv = std::min(nv - c0, 16 * nvec);
+  if (wv <= 0) return;  // only the zero padding of the last panel
+  const W* pw = p + c0 * col_elems<W>();
+  switch (nvec) {
+    case 1: rows_panel<T, W, 1>(x, pw, mc, K, scale, bias, out + c0, N, n0 + c0, wv, next_p, next_bytes); break;
+    case 2: rows_panel<T, W, 2>(x, pw, mc, K, scale, bias, out + c0, N, n0 + c0, wv, next_p, next_bytes); break;
+    case 3: rows_panel<T, W, 3>(x, pw, mc, K, scale, bias, out + c0, N, n0 + c0, wv, next_p, next_bytes); break;
+    default: rows_panel<T, W, kVecs>(x, pw, mc, K, scale, bias, out + c0, N, n0 + c0, wv, next_p, next_bytes); break;
   }
 }
 
@@ -328,19 +360,20 @@ inline void decode_int4(const uint8_t* w, __m512& lo, __m512& hi) {
   hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4));
 }
 
-// MR (1 or 2) rows of x against one int4 panel; xsum [MR, K/G] = per-group sums of x.
-template <int MR>
+// MR (1 or 2) rows of x against an NV-vector window of one int4 panel (p, sc, of, out, n0 at
+// the window's first column); xsum [MR, K/G] = per-group sums of x.
+template <int MR, int NV>
 inline void panel_int4(const float* x, const float* xsum, const uint8_t* p, const float* sc,
                        const float* of, int64_t K, int64_t G, const float* bias, float* out,
                        int64_t N, int64_t n0, int64_t nv) {
   const int64_t ng = K / G;
-  __m512 acc[MR][4];
+  __m512 acc[MR][NV];
   for (int m = 0; m < MR; ++m)
-    for (int j = 0; j < 4; ++j) acc[m][j] = _mm512_setzero_ps();
+    for (int j = 0; j < NV; ++j) acc[m][j] = _mm512_setzero_ps();
   for (int64_t g = 0; g < ng; ++g) {
-    __m512 ge[MR][4], go[MR][4];  // even-k and odd-k chains of the group's code dot products
+    __m512 ge[MR][NV], go[MR][NV];  // even-k and odd-k chains of the group's code dot products
     for (int m = 0; m < MR; ++m)
-      for (int j = 0; j < 4; ++j) ge[m][j] = go[m][j] = _mm512_setzero_ps();
+      for (int j = 0; j < NV; ++j) ge[m][j] = go[m][j] = _mm512_setzero_ps();
     for (int64_t i = g * G / 2; i < (g + 1) * G / 2; ++i) {
       const uint8_t* w = p + i * kPanel;
       __m512 xe[MR], xo[MR];
@@ -348,7 +381,7 @@ inline void panel_int4(const float* x, const float* xsum, const uint8_t* p, cons
         xe[m] = bcast(x + m * K + 2 * i);
         xo[m] = bcast(x + m * K + 2 * i + 1);
       }
-      for (int j = 0; j < 4; ++j) {
+      for (int j = 0; j < NV; ++j) {
         __m512 lo, hi;
         decode_int4(w + 16 * j, lo, hi);
         for (int m = 0; m < MR; ++m) {
@@ -357,7 +390,7 @@ inline void panel_int4(const float* x, const float* xsum, const uint8_t* p, cons
         }
       }
     }
-    for (int j = 0; j < 4; ++j) {
+    for (int j = 0; j < NV; ++j) {
       const __m512 s = _mm512_loadu_ps(sc + g * kPanel + 16 * j);
       const __m512 o = _mm512_loadu_ps(of + g * kPanel + 16 * j);
       for (int m = 0; m < MR; ++m) {
@@ -367,7 +400,7 @@ inline void panel_int4(const float* x, const float* xsum, const uint8_t* p, cons
     }
   }
   for (int m = 0; m < MR; ++m)
-    for (int j = 0; j < 4; ++j) store_vec(acc[m][j], nullptr, bias, out + m * N, n0, nv, j);
+    for (int j = 0; j < NV; ++j) store_vec(acc[m][j], nullptr, bias, out + m * N, n0, nv, j);
 }
 
 // One int4 panel -> fp32 panel [K, 64] (Q * scale, then + offset: the reference's roundings).
@@ -399,15 +432,16 @@ inline void decode_int4_8(const uint8_t* w, __m256& lo, __m256& hi) {
   hi = _mm256_cvtepi32_ps(_mm256_srli_epi32(v, 4));
 }
 
-// MR (1 or 2) rows against one int4 panel, in strips of 16 columns (16 vector registers:
-// MR x 2 accumulators plus the group's even/odd chains); the same sums as the AVX-512 path.
-template <int MR>
+// MR (1 or 2) rows against an NV-vector window of one int4 panel, in strips of 16 columns
+// (16 vector registers: MR x 2 accumulators plus the group's even/odd chains); the same sums
+// as the AVX-512 path.
+template <int MR, int NV>
 inline void panel_int4(const float* x, const float* xsum, const uint8_t* p, const float* sc,
                        const float* of, int64_t K, int64_t G, const float* bias, float* out,
                        int64_t N, int64_t n0, int64_t nv) {
   const int64_t ng = K / G;
   alignas(32) float sums[MR][kPanel];
-  for (int c0 = 0; c0 < kPanel; c0 += 16) {
+  for (int c0 = 0; c0 < 16 * NV; c0 += 16) {
     __m256 acc[MR][2];
     for (int m = 0; m < MR; ++m) acc[m][0] = acc[m][1] = _mm256_setzero_ps();
     for (int64_t g = 0; g < ng; ++g) {
@@ -444,7 +478,7 @@ inline void panel_int4(const float* x, const float* xsum, const uint8_t* p, cons
   for (int m = 0; m < MR; ++m) store_row<float>(sums[m], nullptr, bias, out + m * N, n0, nv);
 }
 #else
-template <int MR>
+template <int MR, int NV>
 inline void panel_int4(const float* x, const float* xsum, const uint8_t* p, const float* sc,
                        const float* of, int64_t K, int64_t G, const float* bias, float* out,
                        int64_t N, int64_t n0, int64_t nv) {
@@ -452,7 +486,7 @@ inline void panel_int4(const float* x, const float* xsum, const uint8_t* p, cons
   for (int m = 0; m < MR; ++m) {
     float sums[kPanel] = {0.f};
     for (int64_t g = 0; g < ng; ++g)
-      for (int64_t j = 0; j < kPanel; ++j) {
+      for (int64_t j = 0; j < 16 * NV; ++j) {
         float d = 0.f;
         for (int64_t k = g * G; k < (g + 1) * G; ++k) d += x[m * K + k] * int4_at(p, k, j);
         sums[j] += d * sc[g * kPanel + j] + of[g * kPanel + j] * xsum[m * ng + g];
@@ -472,40 +506,71 @@ inline void dequant_int4(const uint8_t* p, const float* sc, const float* of, int
 
 constexpr int64_t kInt4MaxRows = 2;  // rows decoded in registers (beyond: dequantized panels)
 
-void run_int4(const float* x, const float* xsum, const uint8_t* wp, const float* sc,
-              const float* of, const float* bias, float* out, int64_t M, int64_t K, int64_t N,
-              int64_t G);
+// Column windows per panel for a parallel_for over `panels` panels: when the panels do not
+// divide over the threads (N = 576: 9 panels, 5 + 4 on two threads, and the slower thread
+// sets the step), each panel is cut into its kVecs 16-column vectors so the bands are equal
+// to a vector. Every column keeps its one chain over k, so no sum changes.
+inline int64_t column_tasks(int64_t panels, int64_t threads) {
+  return threads > 1 && panels % threads != 0 ? kVecs : 1;
+}
+
+// Walks a thread's band [t0, t1) of tasks, panel-major, each panel cut into `parts` row parts
+// x `qs` column windows (one of the two is 1): f(panel, row part, first vector, vectors, next
+// task) for each piece of a panel the band holds (next task == t1: the band ends there).
+template <typename F>
+inline void for_each_piece(int64_t t0, int64_t t1, int64_t parts, int64_t qs, F&& f) {
+  for (int64_t t = t0; t < t1;) {
+    const int64_t j = t % qs, n = std::min(qs - j, t1 - t);
+    f(t / (parts * qs), t / qs % parts, j * (kVecs / qs), n * (kVecs / qs), t + n);
+    t += n;
+  }
+}
+
+template <int MR>
+inline void int4_window(int64_t nvec, const float* x, const float* xsum, const uint8_t* p,
+                        const float* sc, const float* of, int64_t K, int64_t G,
+                        const float* bias, float* out, int64_t N, int64_t n0, int64_t nv) {
+  switch (nvec) {
+    case 1: panel_int4<MR, 1>(x, xsum, p, sc, of, K, G, bias, out, N, n0, nv); break;
+    case 2: panel_int4<MR, 2>(x, xsum, p, sc, of, K, G, bias, out, N, n0, nv); break;
+    case 3: panel_int4<MR, 3>(x, xsum, p, sc, of, K, G, bias, out, N, n0, nv); break;
+    default: panel_int4<MR, kVecs>(x, xsum, p, sc, of, K, G, bias, out, N, n0, nv); break;
+  }
+}
 
 template <typename T, typename W = T>
 void run(const T* x, const W* wp, const T* bias, T* out, int64_t M, int64_t K, int64_t N,
          const float* scale = nullptr) {
   const int64_t panels = (N + kPanel - 1) / kPanel;
   const int64_t panel_elems = (std::is_same_v<W, bf16> ? 2 * ((K + 1) / 2) : K) * kPanel;
+  const int64_t panel_bytes = panel_elems * static_cast<int64_t>(sizeof(W));
   const int64_t chunk = std::max<int64_t>(kMR, kChunkElems / std::max<int64_t>(K, 1) / kMR * kMR);
   const int64_t threads = at::get_num_threads();
+  const int64_t cols = column_tasks(panels, threads);
   for (int64_t m0 = 0; m0 < M; m0 += chunk) {
     const int64_t mc = std::min(chunk, M - m0);
-    // Tasks are (panel, row part), panel-major; grain 1: at::parallel_for hands each thread one
-    // contiguous band of them. When the panels do not divide over the threads (N = 576: 9
-    // panels, 5 + 4 on two threads) and there are enough rows, each panel's rows are cut in
-    // `threads` parts so the bands are equal; a row's sums are the same whichever part holds it.
-    const int64_t parts = (threads > 1 && panels % threads != 0 && mc >= threads * kMR) ? threads : 1;
+    // Tasks are panel-major; grain 1: at::parallel_for hands each thread one contiguous band
+    // of them. When the panels do not divide over the threads, each panel's rows are cut in
+    // `threads` parts if there are enough rows (a row's sums are the same whichever part
+    // holds it; whole-panel streams keep the next-panel prefetch), else its columns.
+    const int64_t parts = (cols > 1 && mc >= threads * kMR) ? threads : 1;
+    const int64_t qs = parts > 1 ? 1 : cols;
     const int64_t part_rows = (mc + parts - 1) / parts;  // every row in exactly one part
     const bool more_chunks = m0 + chunk < M;
-    at::parallel_for(0, panels * parts, 1, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t p = t / parts, r0 = (t % parts) * part_rows;
-        const int64_t rows = std::min(mc, r0 + part_rows) - r0;
-        if (rows <= 0) continue;
-        const int64_t n0 = p * kPanel;
-        // the next panel this thread reads: the next task's (unless it is this panel again,
-        // i.e. another row part), or after the band's last task its first one, next chunk
-        const int64_t np = t + 1 < t1 ? (t + 1) / parts : (more_chunks ? t0 / parts : p);
+    at::parallel_for(0, panels * parts * qs, 1, [&](int64_t t0, int64_t t1) {
+      for_each_piece(t0, t1, parts, qs, [&](int64_t p, int64_t part, int64_t j0, int64_t nvec,
+                                            int64_t t) {
+        const int64_t r0 = part * part_rows, rows = std::min(mc, r0 + part_rows) - r0;
+        if (rows <= 0) return;
+        // the next panel this thread reads whole: the next task's (unless it is this panel
+        // again, another row part), or after the band's end its first one, next chunk
+        const int64_t u = t < t1 ? t : (more_chunks ? t0 : -1);
+        const int64_t np = (u >= 0 && u % qs == 0 && t1 - u >= qs) ? u / (parts * qs) : p;
         const W* next = np != p ? wp + np * panel_elems : nullptr;
-        rows_panel<T, W>(x + (m0 + r0) * K, wp + p * panel_elems, rows, K, scale, bias,
-                         out + (m0 + r0) * N + n0, N, n0, std::min(kPanel, N - n0), next,
-                         panel_elems * static_cast<int64_t>(sizeof(W)));
-      }
+        const int64_t n0 = p * kPanel;
+        rows_window<T, W>(j0, nvec, x + (m0 + r0) * K, wp + p * panel_elems, rows, K, scale, bias,
+                          out + (m0 + r0) * N + n0, N, n0, std::min(kPanel, N - n0), next, panel_bytes);
+      });
     });
   }
 }
@@ -516,14 +581,19 @@ void run_int4(const float* x, const float* xsum, const uint8_t* wp, const float*
   const int64_t panels = (N + kPanel - 1) / kPanel, ng = K / G;
   const int64_t pb = K / 2 * kPanel, ps = ng * kPanel;  // bytes / scales per panel
   if (M <= kInt4MaxRows) {
-    at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p) {
-        const int64_t n0 = p * kPanel, nv = std::min(kPanel, N - n0);
+    const int64_t qs = column_tasks(panels, at::get_num_threads());
+    at::parallel_for(0, panels * qs, 1, [&](int64_t t0, int64_t t1) {
+      for_each_piece(t0, t1, 1, qs, [&](int64_t p, int64_t, int64_t j0, int64_t nvec, int64_t) {
+        const int64_t c0 = 16 * j0, n0 = p * kPanel + c0;
+        const int64_t nv = std::min(std::min(kPanel, N - p * kPanel) - c0, 16 * nvec);
+        if (nv <= 0) return;  // only the zero padding of the last panel
+        const uint8_t* pw = wp + p * pb + c0;
+        const float *s = sc + p * ps + c0, *o = of + p * ps + c0;
         if (M == 1)
-          panel_int4<1>(x, xsum, wp + p * pb, sc + p * ps, of + p * ps, K, G, bias, out + n0, N, n0, nv);
+          int4_window<1>(nvec, x, xsum, pw, s, o, K, G, bias, out + n0, N, n0, nv);
         else
-          panel_int4<2>(x, xsum, wp + p * pb, sc + p * ps, of + p * ps, K, G, bias, out + n0, N, n0, nv);
-      }
+          int4_window<2>(nvec, x, xsum, pw, s, o, K, G, bias, out + n0, N, n0, nv);
+      });
     });
     return;
   }
@@ -535,8 +605,8 @@ void run_int4(const float* x, const float* xsum, const uint8_t* wp, const float*
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t n0 = p * kPanel;
         dequant_int4(wp + p * pb, sc + p * ps, of + p * ps, K, G, buf.data());
-        rows_panel<float, float>(x + m0 * K, buf.data(), mc, K, nullptr, bias, out + m0 * N + n0,
-                                 N, n0, std::min(kPanel, N - n0));
+        rows_window<float, float>(0, kVecs, x + m0 * K, buf.data(), mc, K, nullptr, bias,
+                                  out + m0 * N + n0, N, n0, std::min(kPanel, N - n0));
       }
     });
   }
