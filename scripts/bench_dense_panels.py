@@ -7,19 +7,29 @@ GFLOP/s and the weight bytes per second. Used for experiments/09-xeon-host (next
 prefetch: run it before and after a kernel change, on a quiet machine).
 
     .venv/bin/python scripts/bench_dense_panels.py --threads 1 --rows 1 6 12 48 256 2048
+
+A/B against another version of the kernel source (same packed layout), built as a second
+extension, the two timed in alternating rounds so both see the same machine minutes:
+
+    git show HEAD~1:src/infer/quant/csrc/dense_linear_cpu.cpp > /tmp/old_dense.cpp
+    .venv/bin/python scripts/bench_dense_panels.py --threads 2 --rows 1 --against /tmp/old_dense.cpp
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
+from types import ModuleType
 
 import torch
 
+from infer.cpp_ext import load_cpp_extension
 from infer.quant import dense_cpu
 
 # (out, in) of SmolLM2-135M's projections: fused qkv, o, fused gate+up, down
 SHAPES = [(576 + 2 * 192, 576), (576, 576), (2 * 1536, 576), (576, 1536)]
+_EMPTY = torch.empty(0)  # no bias
 
 
 def main() -> None:
@@ -27,9 +37,21 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rows", type=int, nargs="+", default=[1, 6, 12, 48, 256, 2048])
     ap.add_argument("--layers", type=int, default=30)
+    ap.add_argument("--against", type=Path, default=None,
+                    help="another dense_linear_cpu.cpp (same packed layout) to time in alternating rounds")
     args = ap.parse_args()
-    if dense_cpu.load() is None:
+    ours = dense_cpu.load()
+    if ours is None:
         raise SystemExit("the C++ dense kernel did not build (no compiler?)")
+    kernels: dict[str, ModuleType] = {"this tree": ours}
+    if args.against is not None:
+        if not args.against.is_file():
+            raise SystemExit(f"--against: no such file {args.against}")
+        other = load_cpp_extension("infer_dense_against", args.against.resolve(), ["-O3", "-march=native"],
+                                   f"dense kernel from {args.against}")
+        if other is None:
+            raise SystemExit(f"{args.against} did not build")
+        kernels[str(args.against)] = other
     torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
     packed = [[dense_cpu.pack(torch.randn(n, k, generator=g) * 0.02) for n, k in SHAPES] for _ in range(args.layers)]
@@ -37,15 +59,19 @@ def main() -> None:
     for m in args.rows:
         xs = {k: torch.randn(m, k, generator=g) for k in {k for _, k in SHAPES}}
         flops = sum(2 * m * n * k for n, k in SHAPES) * args.layers
-        best = float("inf")
-        for _ in range(3 if m >= 256 else 5):
-            t = time.perf_counter()
-            for layer in packed:
-                for (n, k), wp in zip(SHAPES, layer):
-                    dense_cpu.packed_linear(xs[k], wp, n)
-            best = min(best, time.perf_counter() - t)
-        print(f"M={m:5d}  {best * 1e3:8.1f} ms  {flops / best / 1e9:7.1f} GFLOP/s  "
-              f"{wbytes / best / 1e9:6.1f} GB/s of weights", flush=True)
+        best = dict.fromkeys(kernels, float("inf"))
+        for r in range(3 if m >= 256 else 5):
+            order = list(kernels.items())
+            for name, mod in order if r % 2 == 0 else order[::-1]:  # alternating, order flipped
+                t = time.perf_counter()
+                for layer in packed:
+                    for (n, k), wp in zip(SHAPES, layer):
+                        mod.packed_linear(xs[k], wp, n, _EMPTY)
+                best[name] = min(best[name], time.perf_counter() - t)
+        for name, b in best.items():
+            vs = f"  (this tree runs {b / best['this tree']:.3f}x as fast)" if name != "this tree" else ""
+            print(f"M={m:5d}  {b * 1e3:8.2f} ms  {flops / b / 1e9:7.1f} GFLOP/s  "
+                  f"{wbytes / b / 1e9:6.1f} GB/s of weights  [{name}]{vs}", flush=True)
 
 
 if __name__ == "__main__":

@@ -53,43 +53,52 @@ def test_bf16_matches_fp32_math(m: int, n: int, k: int, bias: bool) -> None:
     torch.testing.assert_close(out, F.linear(x, w, b), atol=1e-4 * k**0.5, rtol=2 * 2**-8)
 
 
-def _kind_call(kind: str, n: int, k: int):  # type: ignore[no-untyped-def]
+def _kind_call(kind: str, n: int, k: int, bias: bool):  # type: ignore[no-untyped-def]
     """A packed layer of ``kind`` (fp32, bf16, int8 codes, int4 codes, G = 64) with random
-    weights [n, k]: returns f(x) -> its packed kernel's output."""
+    weights [n, k] (and a random bias): returns f(x) -> its packed kernel's output."""
     g = torch.Generator().manual_seed(n + k)
+    b = torch.randn(n, generator=g) if bias else None
     if kind in ("fp32", "bf16"):
         dt = torch.float32 if kind == "fp32" else torch.bfloat16
         wp = dense_cpu.pack(torch.randn(n, k, generator=g).to(dt))
-        return lambda x: dense_cpu.packed_linear(x.to(dt), wp, n)
+        bd = None if b is None else b.to(dt)
+        return lambda x: dense_cpu.packed_linear(x.to(dt), wp, n, bd)
     if kind == "int8":
         q = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
         scale = torch.rand(n, generator=g) * 0.01 + 1e-4
         wp8 = dense_cpu.pack(q)
-        return lambda x: dense_cpu.packed_linear_int8(x, wp8, n, scale)
+        return lambda x: dense_cpu.packed_linear_int8(x, wp8, n, scale, b)
     q4 = torch.randint(0, 16, (n, k), dtype=torch.uint8, generator=g)
     s4, o4 = torch.rand(n, k // 64, generator=g) * 0.01, -torch.rand(n, k // 64, generator=g) * 0.08
     packed = dense_cpu.pack_int4(q4, s4, o4)
-    return lambda x: dense_cpu.packed_linear_int4(x, packed[0], n, packed[1], packed[2], 64)
+    return lambda x: dense_cpu.packed_linear_int4(x, packed[0], n, packed[1], packed[2], 64, b)
+
+
+# (N, threads): how a band cuts the panels (torch hands each thread ceil(tasks / threads) of
+# the panels' 16-column vectors): 576 and 960 at 2 threads cut one panel in halves; 320 at 3
+# threads leaves windows of 3, 1 and 2 vectors; 40 at 2 threads gives the second thread a
+# window with 8 real columns, 20 at 2 threads one that holds only padding; 576 at 3 threads
+# and 128 at 2 threads divide into whole panels
+SPLITS = [(576, 2), (960, 2), (320, 3), (40, 2), (20, 2), (576, 3), (128, 2)]
 
 
 @pytest.mark.parametrize("kind", ["fp32", "bf16", "int8", "int4"])
-@pytest.mark.parametrize("m", [1, 2, 5])
-def test_threads_do_not_change_results(kind: str, m: int) -> None:
-    """Each output is summed by one thread in one order: 1, 2 and 3 threads agree bit for bit,
-    also where the panels do not divide over the threads and a band starts or ends inside a
-    panel (N = 576: 9 panels, cut into 16-column vectors; N = 960: 15 panels; N = 200: 4
-    panels, the last one 8 columns wide)."""
+@pytest.mark.parametrize("m", [1, 2, 5, 7])
+@pytest.mark.parametrize("bias", [False, True])
+def test_threads_do_not_change_results(kind: str, m: int, bias: bool) -> None:
+    """Each output is summed by one thread in one order: more threads give the same bits as
+    one, also where the panels do not divide over the threads and a band starts or ends
+    inside a panel (SPLITS), for leftover rows (1, 2, 5) and a full 6-row group plus one (7)."""
     torch.manual_seed(m)
     before = torch.get_num_threads()
     try:
-        for n in (576, 960, 200):
-            f = _kind_call(kind, n, 576)
+        for n, threads in SPLITS:
+            f = _kind_call(kind, n, 576, bias)
             x = torch.randn(m, 576)
             torch.set_num_threads(1)
             one = f(x)
-            for threads in (2, 3):
-                torch.set_num_threads(threads)
-                assert torch.equal(f(x), one), f"N={n} at {threads} threads"
+            torch.set_num_threads(threads)
+            assert torch.equal(f(x), one), f"N={n} at {threads} threads"
     finally:
         torch.set_num_threads(before)
 

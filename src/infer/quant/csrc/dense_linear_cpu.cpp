@@ -30,9 +30,11 @@
 // Work split: panels across torch's intra-op threads (each thread a contiguous band: one
 // stream per core). When the panels do not divide over the threads, a band may start or end
 // inside a panel: with enough rows, at a row part; with few (decode), at one of the panel's
-// four 16-column vectors (the thread then reads only that window's 64-byte lines of each k
-// row), so two threads on N = 576 take 4.5 panels each instead of 5 and 4. A column's sum is
-// the same one chain over k either way. Inside a panel, activation rows in groups of kMR = 6
+// four 16-column vectors, so two threads on N = 576 take 4.5 panels each instead of 5 and 4.
+// For fp32 / bf16 a vector of a k row is one 64-byte line, so each thread reads only its
+// window's lines (the prefetchers may still fetch the others); for int8 / int4 a k row is
+// one line, so both read the shared panel whole and only the compute is balanced. A column's
+// sum is the same one chain over k either way. Inside a panel, activation rows in groups of kMR = 6
 // (6 x 4 accumulator registers: the FMA unit, not the loads, is the limit for large M).
 // Activations are taken in chunks of ~192 KB so a chunk and the current panel stay in L2
 // while the chunk's row groups meet the panel; each chunk re-reads the weights once.
@@ -46,8 +48,10 @@
 
 #include <immintrin.h>
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "entry_points.h"
@@ -84,12 +88,15 @@ struct NextPanel {
 #define INFER_DENSE_BF16_SIMD 1
 #endif
 
-// Write one row's 64 panel sums (* scale) (+ bias) to out[n0 .. n0 + nv).
+// Write one row's 64 panel sums (* scale) (+ bias) to out[n0 .. n0 + nv). sum * scale + bias
+// is one explicit fma (one rounding): left as a multiply and an add, the compiler contracts
+// them in some inlined copies and not in others, and a row's last bit would then depend on
+// the tile that wrote it (x * 1 + 0 and x * 1 + b round as the plain sum and add do).
 template <typename T>
 inline void store_row(const float* sums, const float* scale, const T* bias, T* out, int64_t n0,
                       int64_t nv) {
   for (int64_t j = 0; j < nv; ++j)
-    out[j] = T(sums[j] * (scale ? scale[n0 + j] : 1.f) + (bias ? float(bias[n0 + j]) : 0.f));
+    out[j] = T(std::fma(sums[j], scale ? scale[n0 + j] : 1.f, bias ? float(bias[n0 + j]) : 0.f));
 }
 
 #if defined(INFER_DENSE_SIMD)
@@ -101,8 +108,9 @@ inline __mmask16 lane_mask(int64_t nv, int j) {
 inline void store_vec(__m512 v, const float* scale, const float* bias, float* out, int64_t n0,
                       int64_t nv, int j) {
   const __mmask16 m = lane_mask(nv, j);
-  if (scale) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, scale + n0 + 16 * j));
-  if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, bias + n0 + 16 * j));
+  if (scale || bias)  // one explicit fma, as store_row (why: there)
+    v = _mm512_fmadd_ps(v, scale ? _mm512_maskz_loadu_ps(m, scale + n0 + 16 * j) : _mm512_set1_ps(1.f),
+                        bias ? _mm512_maskz_loadu_ps(m, bias + n0 + 16 * j) : _mm512_setzero_ps());
   _mm512_mask_storeu_ps(out + 16 * j, m, v);
 }
 
@@ -163,8 +171,8 @@ inline void panel_f32(const float* x, const W* p, int64_t K, const float* scale,
 // AVX2 (16 vector registers of 8 fp32): the 64-column panel is too wide for one register
 // tile, so up to 6 rows run against column strips: 6 rows x 16 columns (12 accumulators; per
 // k one weight line and 6 broadcasts feed 12 FMAs), fewer rows on wider strips, and a single
-// row (decode) on the whole panel width in one pass (8 accumulators), so each weight line is
-// streamed exactly once. Sums over k in order, per column, in one chain, as the AVX-512 tiles
+// row (decode) on the whole window in one pass (up to 8 accumulators: 64 columns, or the 16-48
+// of a window when a thread's band cuts the panel), so each weight line is streamed once. Sums over k in order, per column, in one chain, as the AVX-512 tiles
 // do, so a row's sums are the same in every tile shape (they do not depend on the batch);
 // the FMAs come from GCC's default contraction here, so the last bits may still differ from
 // an AVX-512 host's.
@@ -201,9 +209,10 @@ inline void tile_f32(const float* x, const W* p, int64_t K, int c0, float (*sums
 }
 
 // columns per strip for R rows over a window of nv vectors: R x (columns / 8) <= 12
-// accumulators, and the strips tile the window (48 columns: strips of 16)
+// accumulators, and the strips tile the window (one row: the whole window in one strip)
 constexpr int strip_cols(int rows, int nv) {
-  int c = 8 * (rows == 1 ? 8 : (rows <= 3 ? 4 : 2));
+  if (rows == 1) return 16 * nv;
+  int c = rows <= 3 ? 32 : 16;
   while ((16 * nv) % c != 0) c /= 2;
   return c;
 }
@@ -336,20 +345,36 @@ __attribute__((noinline)) void rows_panel(const T* x, const W* p, int64_t mc, in
   }
 }
 
+// f(std::integral_constant<int, NV>) for a window of nvec = NV vectors (1..kVecs)
+template <typename F>
+inline void with_nv(int64_t nvec, F&& f) {
+  switch (nvec) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    case kVecs: f(std::integral_constant<int, kVecs>{}); break;
+    default: TORCH_INTERNAL_ASSERT(false, "a panel window of ", nvec, " vectors");
+  }
+}
+
+// Columns that exist in the window of nvec vectors from vector j0 of a panel whose first nv
+// columns exist (<= 0: the window holds only the last panel's zero padding).
+inline int64_t window_cols(int64_t j0, int64_t nvec, int64_t nv) {
+  return std::min(nv - 16 * j0, 16 * nvec);
+}
+
 // Vectors [j0, j0 + nvec) of panel p (p, out, n0, nv as for a whole panel; nvec in 1..kVecs).
 template <typename T, typename W>
 void rows_window(int64_t j0, int64_t nvec, const T* x, const W* p, int64_t mc, int64_t K,
                  const float* scale, const T* bias, T* out, int64_t N, int64_t n0, int64_t nv,
                  const void* next_p = nullptr, int64_t next_bytes = 0) {
-  const int64_t c0 = 16 * j0, wv = std::min(nv - c0, 16 * nvec);
-  if (wv <= 0) return;  // only the zero padding of the last panel
+  const int64_t c0 = 16 * j0, wv = window_cols(j0, nvec, nv);
+  if (wv <= 0) return;
   const W* pw = p + c0 * col_elems<W>();
-  switch (nvec) {
-    case 1: rows_panel<T, W, 1>(x, pw, mc, K, scale, bias, out + c0, N, n0 + c0, wv, next_p, next_bytes); break;
-    case 2: rows_panel<T, W, 2>(x, pw, mc, K, scale, bias, out + c0, N, n0 + c0, wv, next_p, next_bytes); break;
-    case 3: rows_panel<T, W, 3>(x, pw, mc, K, scale, bias, out + c0, N, n0 + c0, wv, next_p, next_bytes); break;
-    default: rows_panel<T, W, kVecs>(x, pw, mc, K, scale, bias, out + c0, N, n0 + c0, wv, next_p, next_bytes); break;
-  }
+  with_nv(nvec, [&](auto nv_) {
+    rows_panel<T, W, decltype(nv_)::value>(x, pw, mc, K, scale, bias, out + c0, N, n0 + c0, wv,
+                                           next_p, next_bytes);
+  });
 }
 
 #if defined(INFER_DENSE_SIMD)
@@ -530,12 +555,9 @@ template <int MR>
 inline void int4_window(int64_t nvec, const float* x, const float* xsum, const uint8_t* p,
                         const float* sc, const float* of, int64_t K, int64_t G,
                         const float* bias, float* out, int64_t N, int64_t n0, int64_t nv) {
-  switch (nvec) {
-    case 1: panel_int4<MR, 1>(x, xsum, p, sc, of, K, G, bias, out, N, n0, nv); break;
-    case 2: panel_int4<MR, 2>(x, xsum, p, sc, of, K, G, bias, out, N, n0, nv); break;
-    case 3: panel_int4<MR, 3>(x, xsum, p, sc, of, K, G, bias, out, N, n0, nv); break;
-    default: panel_int4<MR, kVecs>(x, xsum, p, sc, of, K, G, bias, out, N, n0, nv); break;
-  }
+  with_nv(nvec, [&](auto nv_) {
+    panel_int4<MR, decltype(nv_)::value>(x, xsum, p, sc, of, K, G, bias, out, N, n0, nv);
+  });
 }
 
 template <typename T, typename W = T>
@@ -585,8 +607,8 @@ void run_int4(const float* x, const float* xsum, const uint8_t* wp, const float*
     at::parallel_for(0, panels * qs, 1, [&](int64_t t0, int64_t t1) {
       for_each_piece(t0, t1, 1, qs, [&](int64_t p, int64_t, int64_t j0, int64_t nvec, int64_t) {
         const int64_t c0 = 16 * j0, n0 = p * kPanel + c0;
-        const int64_t nv = std::min(std::min(kPanel, N - p * kPanel) - c0, 16 * nvec);
-        if (nv <= 0) return;  // only the zero padding of the last panel
+        const int64_t nv = window_cols(j0, nvec, std::min(kPanel, N - p * kPanel));
+        if (nv <= 0) return;
         const uint8_t* pw = wp + p * pb + c0;
         const float *s = sc + p * ps + c0, *o = of + p * ps + c0;
         if (M == 1)
