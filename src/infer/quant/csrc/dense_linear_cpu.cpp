@@ -34,8 +34,8 @@
 // For fp32 / bf16 a vector of a k row is one 64-byte line, so each thread reads only its
 // window's lines (the prefetchers may still fetch the others); for int8 / int4 a k row is
 // one line, so both read the shared panel whole and only the compute is balanced. A column's
-// sum is the same one chain over k either way. Inside a panel, activation rows in groups of kMR = 6
-// (6 x 4 accumulator registers: the FMA unit, not the loads, is the limit for large M).
+// sum is the same one chain over k either way. Inside a panel, activation rows in groups of
+// kMR = 6 (6 x 4 accumulator registers: the FMA unit, not the loads, is the limit for large M).
 // Activations are taken in chunks of ~192 KB so a chunk and the current panel stay in L2
 // while the chunk's row groups meet the panel; each chunk re-reads the weights once.
 //
@@ -551,12 +551,19 @@ inline void for_each_piece(int64_t t0, int64_t t1, int64_t parts, int64_t qs, F&
   }
 }
 
-template <int MR>
-inline void int4_window(int64_t nvec, const float* x, const float* xsum, const uint8_t* p,
-                        const float* sc, const float* of, int64_t K, int64_t G,
+// Vectors [j0, j0 + nvec) of int4 panel p for M (1 or 2) rows; the other arguments as for a
+// whole panel (the int4 twin of rows_window).
+inline void int4_window(int64_t M, int64_t j0, int64_t nvec, const float* x, const float* xsum,
+                        const uint8_t* p, const float* sc, const float* of, int64_t K, int64_t G,
                         const float* bias, float* out, int64_t N, int64_t n0, int64_t nv) {
+  const int64_t c0 = 16 * j0, wv = window_cols(j0, nvec, nv);
+  if (wv <= 0) return;
   with_nv(nvec, [&](auto nv_) {
-    panel_int4<MR, decltype(nv_)::value>(x, xsum, p, sc, of, K, G, bias, out, N, n0, nv);
+    constexpr int NV = decltype(nv_)::value;
+    if (M == 1)
+      panel_int4<1, NV>(x, xsum, p + c0, sc + c0, of + c0, K, G, bias, out + c0, N, n0 + c0, wv);
+    else
+      panel_int4<2, NV>(x, xsum, p + c0, sc + c0, of + c0, K, G, bias, out + c0, N, n0 + c0, wv);
   });
 }
 
@@ -606,15 +613,9 @@ void run_int4(const float* x, const float* xsum, const uint8_t* wp, const float*
     const int64_t qs = column_tasks(panels, at::get_num_threads());
     at::parallel_for(0, panels * qs, 1, [&](int64_t t0, int64_t t1) {
       for_each_piece(t0, t1, 1, qs, [&](int64_t p, int64_t, int64_t j0, int64_t nvec, int64_t) {
-        const int64_t c0 = 16 * j0, n0 = p * kPanel + c0;
-        const int64_t nv = window_cols(j0, nvec, std::min(kPanel, N - p * kPanel));
-        if (nv <= 0) return;
-        const uint8_t* pw = wp + p * pb + c0;
-        const float *s = sc + p * ps + c0, *o = of + p * ps + c0;
-        if (M == 1)
-          int4_window<1>(nvec, x, xsum, pw, s, o, K, G, bias, out + n0, N, n0, nv);
-        else
-          int4_window<2>(nvec, x, xsum, pw, s, o, K, G, bias, out + n0, N, n0, nv);
+        const int64_t n0 = p * kPanel;
+        int4_window(M, j0, nvec, x, xsum, wp + p * pb, sc + p * ps, of + p * ps, K, G, bias,
+                    out + n0, N, n0, std::min(kPanel, N - n0));
       });
     });
     return;
