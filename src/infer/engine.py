@@ -22,7 +22,7 @@ import torch
 from infer.engine_outputs import build_request_output
 from infer.outputs import RequestOutput
 from infer.runner import ModelRunner
-from infer.sampling import Processed, RowContext, Sampler, logprob_dict
+from infer.sampling import Processed, RowContext, Sampler, greedy_tokens, logprob_dict
 from infer.sampling_params import MAX_SEED, SamplingParams
 from infer.scheduler import ScheduledSeq, Scheduler
 from infer.sequence import SeqStatus, Sequence
@@ -315,7 +315,7 @@ class Engine:
             idx.extend(range(r0, r0 + n))
         sel = logits[idx] if len(idx) != logits.shape[0] else logits
         proc: Processed = self.sampler.process(sel, ctxs)
-        argmax = proc.logits.argmax(-1).tolist()
+        argmax = greedy_tokens(proc.logits)
         res: dict[int, list[int] | Exception] = {}
         at = 0
         for b, (_, n) in items:

@@ -147,3 +147,39 @@ def test_silu_and_mul_vector_exp_extremes(mod) -> None:  # type: ignore[no-untyp
     assert torch.equal(got.isnan(), want.isnan())
     ok = ~want.isnan()
     torch.testing.assert_close(got[ok], want[ok], rtol=2e-6, atol=1e-30)
+
+
+@pytest.mark.parametrize("v", [1, 7, 64, 65, 49152])
+@pytest.mark.parametrize("rows", [1, 5, 40])
+def test_argmax_rows_equals_torch(mod, v, rows) -> None:  # type: ignore[no-untyped-def]
+    """Same index as torch.argmax(-1) on every row: random rows, rows of ties (the first of
+    equal maxima wins; few distinct values make ties), -inf / +inf rows, NaN (counts as the
+    maximum, first one wins), +-0 and a row view with a stride."""
+    g = torch.Generator().manual_seed(v * 100 + rows)
+    x = torch.randn(rows, v, generator=g)
+    ties = torch.randint(0, 3, (rows, v), generator=g).float()
+    special = x.clone()
+    special[0] = float("-inf")
+    if rows > 1:
+        special[1, v // 2] = float("nan")
+        special[1, -1] = float("nan")
+    if rows > 2:
+        special[2, v // 3] = float("inf")
+        special[2, -1] = float("inf")
+    if rows > 3:
+        special[3] = 0.0
+        special[3, ::2] = -0.0
+    wide = torch.randn(rows, v + 5, generator=g)[:, 2 : 2 + v]  # row stride v + 5
+    for t in (x, ties, special, wide):
+        assert mod.argmax_rows(t).tolist() == t.argmax(-1).tolist()
+
+
+def test_greedy_tokens_matches_torch() -> None:
+    from infer.sampling import greedy_tokens
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 4, (6, 1000), generator=g).float()
+    assert greedy_tokens(x) == x.argmax(-1).tolist()
+    assert greedy_tokens(x.double()) == x.argmax(-1).tolist()  # not fp32: torch's path
+    with pytest.raises(RuntimeError, match="argmax_rows"):
+        cpu_ops.load().argmax_rows(x.double())  # type: ignore[union-attr]

@@ -63,11 +63,10 @@ def build_metadata(seqs: list[SeqSlice], block_size: int, device: torch.device) 
             slots.append(s.block_table[p // block_size] * block_size + p % block_size)
         qlens.append(s.num_new)
         clens.append(s.num_cached + s.num_new)
-    max_blocks = max((len(s.block_table) for s in seqs), default=1)
-    bt = torch.zeros(len(seqs), max(max_blocks, 1), dtype=torch.int32)
-    for i, s in enumerate(seqs):
-        if s.block_table:
-            bt[i, : len(s.block_table)] = torch.tensor(s.block_table, dtype=torch.int32)
+    width = max(max((len(s.block_table) for s in seqs), default=1), 1)
+    # one tensor from padded lists: a torch.tensor call per row cost ~9 us each, every step
+    bt = torch.tensor([[*s.block_table, *([0] * (width - len(s.block_table)))] for s in seqs],
+                      dtype=torch.int32).view(len(seqs), width)
     qsl = [0]
     for q in qlens:
         qsl.append(qsl[-1] + q)

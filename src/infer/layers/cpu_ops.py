@@ -1,5 +1,5 @@
 """Loader for the CPU model-ops extension (csrc/cpu_model_ops.cpp): RMSNorm, residual add +
-RMSNorm, SwiGLU activation and neox rotary embedding, one C++ call each.
+RMSNorm, SwiGLU activation, neox rotary embedding and the greedy argmax, one C++ call each.
 
 Built once with the system C++ compiler through ``infer.cpp_ext`` (cached under
 $INFER_CACHE_DIR/torch_extensions). ``load()`` is None when the build fails or
@@ -11,6 +11,8 @@ Functions of the loaded module (activations fp32 | bf16 | fp16, fp32 math inside
   silu_and_mul(x [..., 2I]) -> new [..., I]
   rotary(x [T, heads, D], (positions int64 [T], cos_sin fp32 [max_pos, rd])) -> x rotated in
       place (neox layout, first rd dims)
+  argmax_rows(logits fp32 [N, V]) -> int64 [N]: torch.argmax(-1)'s indices (first maximum,
+      NaN counts as the maximum); the greedy sampler's pick (``sampling.greedy_tokens``)
 """
 
 from __future__ import annotations

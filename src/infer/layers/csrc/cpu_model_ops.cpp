@@ -27,6 +27,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <tuple>
 #include <type_traits>
 
@@ -264,6 +265,61 @@ at::Tensor rotary(at::Tensor x, const std::tuple<at::Tensor, at::Tensor>& rope) 
   return x;
 }
 
+// Index of the first maximum of each row of fp32 logits [N, V] (unit last stride) -> int64
+// [N], as torch.argmax(-1) returns it: the first of equal maxima, and a NaN counts as above
+// everything (the first NaN's index). torch's CPU argmax carries the index through a scalar
+// reduction (~150 us for one 49,152-wide row here); this is a vectorized max, then a scan for
+// the first element equal to it, block by block (both read the row from L1/L2).
+at::Tensor argmax_rows(const at::Tensor& logits) {
+  TORCH_CHECK(logits.device().is_cpu() && logits.scalar_type() == at::kFloat && logits.dim() == 2 &&
+                  logits.stride(1) == 1 && logits.size(1) > 0,
+              "argmax_rows: logits must be a CPU fp32 [N, V] tensor (V > 0) with a unit last stride");
+  const int64_t n = logits.size(0), v = logits.size(1), rs = logits.stride(0);
+  at::Tensor out = at::empty({n}, logits.options().dtype(at::kLong));
+  const float* lp = logits.data_ptr<float>();
+  int64_t* op = out.data_ptr<int64_t>();
+  using infer_vec::kLanes;
+  using infer_vec::vf;
+  using infer_vec::vi;
+  for_rows(n, v, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      const float* x = lp + r * rs;
+      const int64_t vend = v / kLanes * kLanes;
+      // pass 1: the maximum, and whether any NaN (x != x) is present
+      vf vm = infer_vec::splat(-std::numeric_limits<float>::infinity());
+      vi vnan{};
+      for (int64_t i = 0; i < vend; i += kLanes) {
+        const vf a = infer_vec::load(x + i);
+        vnan |= a != a;
+        vm = a > vm ? a : vm;
+      }
+      float m = infer_vec::hmax(vm);
+      bool nan = false;
+      for (int l = 0; l < kLanes; ++l) nan |= vnan[l] != 0;
+      for (int64_t i = vend; i < v; ++i) {
+        nan |= x[i] != x[i];
+        m = x[i] > m ? x[i] : m;
+      }
+      // pass 2: the first element equal to it (or the first NaN), a vector at a time
+      const vf vmax = infer_vec::splat(m);
+      int64_t at = vend;
+      for (int64_t i = 0; i < vend; i += kLanes) {
+        const vf a = infer_vec::load(x + i);
+        const vi hit = nan ? (a != a) : (a == vmax);
+        bool any = false;
+        for (int l = 0; l < kLanes; ++l) any |= hit[l] != 0;
+        if (any) {
+          at = i;
+          break;
+        }
+      }
+      while (at < v && (nan ? x[at] == x[at] : x[at] != m)) ++at;
+      op[r] = at < v ? at : 0;
+    }
+  });
+  return out;
+}
+
 // for the decoder stack (entry_points.h): the same functions, called without Python
 const infer_ep::ModelOps kEntryPoints{infer_ep::kVersion, &rms_norm, &fused_add_rms_norm,
                                       &silu_and_mul, &rotary};
@@ -275,4 +331,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("fused_add_rms_norm", &fused_add_rms_norm, "(rms_norm(x + residual), x + residual)");
   m.def("silu_and_mul", &silu_and_mul, "silu(x[..., :I]) * x[..., I:]");
   m.def("rotary", &rotary, "neox rotary embedding of x [T, heads, D] in place");
+  m.def("argmax_rows", &argmax_rows, "first index of each row's maximum (NaN counts as maximum)");
 }
