@@ -260,8 +260,14 @@ def bench_threads(args: argparse.Namespace, threads: int, peers: dict[str, Peer]
         for name in order:
             if name == "infer":
                 ours.append(run_ours(args, threads, ours[0].get("work") if ours else None))  # type: ignore[arg-type]
-                seen.update(infer=float(ours[-1].get("output_tok_s", 0.0)),  # type: ignore[arg-type]
-                            infer_decode=float(ours[-1]["decode_tok_s"]))  # type: ignore[arg-type]
+                o = ours[-1]
+                # this round's probe and the single stream's fraction of it (the table's
+                # fraction divides the best stream by the best probe of the whole run)
+                seen.update(infer=float(o.get("output_tok_s", 0.0)),  # type: ignore[arg-type]
+                            infer_decode=float(o["decode_tok_s"]),  # type: ignore[arg-type]
+                            infer_read_gb_s=float(o["read_bw"]) / 1e9,  # type: ignore[arg-type]
+                            infer_decode_frac_round=float(o["decode_tok_s"]) * int(o["weight_bytes"])  # type: ignore[arg-type,call-overload]
+                            / float(o["read_bw"]))  # type: ignore[arg-type]
             else:
                 r = run_one_peer(args, threads, name, peers[name], ours[0], logs)
                 theirs[name].append(r)
@@ -270,13 +276,15 @@ def bench_threads(args: argparse.Namespace, threads: int, peers: dict[str, Peer]
                              f"{name}_decode": float(ss["decode_tok_s"]) if ss else 0.0})  # type: ignore[index]
         rounds.append(seen)
         print(f"[{threads} thread(s)] round {k + 1}/{args.repeat} ({' then '.join(order)}): "
-              + ", ".join(f"{key} {v:.1f}" for key, v in seen.items()), flush=True)
+              + ", ".join(f"{key} {v:.2f}" if v < 2 else f"{key} {v:.1f}" for key, v in seen.items()), flush=True)
     best_off = max(ours, key=lambda r: float(r.get("output_tok_s", 0.0)))  # type: ignore[arg-type]
     best_ss = max(ours, key=lambda r: float(r["decode_tok_s"]))  # type: ignore[arg-type]
     wb = int(best_ss["weight_bytes"])  # type: ignore[call-overload]
     bw = max(float(r["read_bw"]) for r in ours)  # type: ignore[arg-type]
     if peers:  # measured again after the peers: the best seen is nearest the machine's bound
-        bw = max(bw, read_bandwidth())
+        bw_after = read_bandwidth()
+        rounds[-1]["read_gb_s_after_peers"] = bw_after / 1e9
+        bw = max(bw, bw_after)
     wp = min(float(r["weight_pass_s"]) for r in ours)  # type: ignore[arg-type]
     ss = float(best_ss["decode_tok_s"])  # type: ignore[arg-type]
     res: dict[str, object] = {"threads": threads, "repeat": args.repeat, "rounds": rounds,
