@@ -23,7 +23,6 @@ from infer.sequence import Logprob, Sequence
 from infer.spec.verify import sample_from
 
 
-
 def greedy_tokens(logits: torch.Tensor) -> list[int]:
     """``logits.argmax(-1).tolist()`` for fp32 [N, V] rows: the first index of each row's
     maximum (a NaN counts as the maximum). On CPU the C++ ``argmax_rows`` gives the same

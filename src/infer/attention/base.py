@@ -65,6 +65,7 @@ def build_metadata(seqs: list[SeqSlice], block_size: int, device: torch.device) 
         clens.append(s.num_cached + s.num_new)
     width = max(max((len(s.block_table) for s in seqs), default=1), 1)
     # one tensor from padded lists: a torch.tensor call per row cost ~9 us each, every step
+    # (the view gives a step without sequences its [0, width] shape)
     bt = torch.tensor([[*s.block_table, *([0] * (width - len(s.block_table)))] for s in seqs],
                       dtype=torch.int32).view(len(seqs), width)
     qsl = [0]
