@@ -12,9 +12,14 @@
 //
 // Work: the rows (query token, query head) of one (sequence, kv head) are cut into tiles of
 // up to kRows rows; a tile reads each kLanes-key slice of K/V once for all its rows (GQA heads
-// and neighbouring prompt tokens share it), with the scores in registers (QK: one K vector
-// load, one broadcast FMA per row and d) and flash-style online softmax per slice. Prefill
-// is then FMA-bound instead of load/store-bound, and causal tiles stop at their last key.
+// and neighbouring prompt tokens share it). Keys go in blocks of kSlices slices: per d, one K
+// vector load per slice and one q broadcast per row feed rows x kSlices FMAs (each score one
+// chain over d, in order), then one flash-style online-softmax update per block and row, and
+// PV with the rows' accumulators in registers. The next block's K lines are prefetched during
+// QK and its V lines during PV. A row's bits depend only on its own keys and the block
+// boundaries (multiples of kBlockKeys from key 0), never on the other rows of its tile: a
+// decode alone equals the same row inside a verify or prefill chunk (keys past a row's limit
+// enter as p = 0 exactly, which leaves every sum unchanged). Causal tiles stop at their last key.
 // Tiles go to threads through a shared counter, longest first (causal tiles differ in cost).
 // Other head dims (not 32/64/128/256) or blocks that are not a multiple of kLanes keys take a
 // scalar loop, one row and one key at a time.
@@ -45,12 +50,23 @@ using infer_vec::vexp;
 using infer_vec::vf;
 using infer_vec::vi;
 
-constexpr int kRows = 8;    // rows per tile: their score vectors stay in registers
-constexpr int kPrefetch = 2;  // slices ahead whose K/V lines are prefetched (into L2)
-constexpr int kChains = 4;    // score sums per row over d (d mod 4), added in a fixed order
-constexpr int kQKRows = kVecRegs / 8;  // rows whose kChains score sums share the registers
-static_assert(kChains == 4, "the score chains are added as (0 + 1) + (2 + 3)");
+constexpr int kRows = 12;   // rows per tile (4 tokens x 3 GQA heads: two full PV register groups)
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+inline vf vmax(vf a, vf b) { return a > b ? a : b; }
+
+// x in every lane (splat's 0 + x costs a scalar add before the broadcast: -0 becomes +0)
+inline vf bcast(float x) {
+#if defined(__AVX512F__)
+  const __m512 v = _mm512_set1_ps(x);
+#elif defined(__AVX__)
+  const __m256 v = _mm256_set1_ps(x);
+#else
+  vf v;
+  for (int i = 0; i < kLanes; ++i) v[i] = x;
+#endif
+  return reinterpret_cast<const vf&>(v);
+}
 
 struct Row {
   const float* q;  // [D]
@@ -89,12 +105,22 @@ struct Ctx {
   }
 };
 
+// Keys go in blocks of kSlices slices of kLanes keys (64 keys on AVX-512): a block's scores
+// are computed together (each q broadcast feeds kSlices FMAs, so the QK loop is bound by
+// the FMAs, not by the loads), and the online softmax (max, exp, rescale of the
+// accumulators) runs once per block rather than once per slice.
+constexpr int kSlices = 4;
+static_assert(kSlices == 4, "a block's maxima and sums are taken as (0, 1) with (2, 3)");
+constexpr int kBlockKeys = kSlices * kLanes;
+
 // acc[r] = acc[r] * corr[r] + sum_{j < jmax} p[r][j] V[j] for R rows, in groups of G rows
-// whose accumulators (G x DV vectors) stay in registers while V streams by once per group.
+// whose accumulators (G x DV vectors) stay in registers while V streams by once per group;
+// key j of the block is row j % kLanes of slice vb[j / kLanes]. While the first group runs,
+// the next block's V lines (vn[s], null: none) are prefetched, spread over the keys.
 // G: rows whose DV accumulators fit in 3/4 of the registers (the rest: V and p).
 template <int R, int DV, int G = (kVecRegs * 3 / 4 / DV > 0 ? kVecRegs * 3 / 4 / DV : 1)>
-inline void pv_rows(float (*acc)[kLanes * DV], const float (*p)[kLanes], const float* corr, const float* vb,
-                    int jmax) {
+inline void pv_block(float (*acc)[kLanes * DV], const float (*p)[kBlockKeys], const float* corr,
+                     const float* const* vb, int jmax, const float* const* vn) {
   constexpr int D = kLanes * DV;
   for (int r0 = 0; r0 < R; r0 += G) {
     constexpr int kG = G < R ? G : R;
@@ -104,8 +130,14 @@ inline void pv_rows(float (*acc)[kLanes * DV], const float (*p)[kLanes], const f
       if (r < n)
         for (int dv = 0; dv < DV; ++dv) a[r][dv] = load(acc[r0 + r] + kLanes * dv) * corr[r0 + r];
     for (int j = 0; j < jmax; ++j) {
+      const float* vj = vb[j / kLanes] + (j % kLanes) * D;
+      if (r0 == 0)  // DV of the next block's kSlices x D lines of V per key (all over kBlockKeys keys)
+        for (int t = 0; t < DV; ++t) {
+          const int f = j * DV + t;
+          if (vn[f / D]) __builtin_prefetch(vn[f / D] + (f % D) * kLanes, 0, 1);
+        }
       vf v[DV];
-      for (int dv = 0; dv < DV; ++dv) v[dv] = load(vb + j * D + kLanes * dv);
+      for (int dv = 0; dv < DV; ++dv) v[dv] = load(vj + kLanes * dv);
       for (int r = 0; r < kG; ++r)
         if (r < n) {
           const float pj = p[r0 + r][j];
@@ -118,17 +150,46 @@ inline void pv_rows(float (*acc)[kLanes * DV], const float (*p)[kLanes], const f
   }
 }
 
-// One tile of R rows, head dim D = kLanes * DV, BS a multiple of kLanes.
-template <int R, int DV>
+// Scores of rows [r0, r0 + kG) against the block's kSlices K slices (kt[s]: [D][BS] columns
+// of slice s; BS: the K rows' stride), one chain per (row, slice) over d in order, into
+// sc[r][s * kLanes + i]. With fetch, the next block's K lines (kn[s], null: none) are
+// prefetched, one line per slice and d.
+template <int kG, int D>
+inline void qk_block(const float (*qs)[D], const float* const* kt, int64_t BS, float (*sc)[kBlockKeys],
+                     int n, bool fetch, const float* const* kn) {
+  vf a[kG][kSlices];
+  for (int r = 0; r < kG; ++r)
+    for (int sl = 0; sl < kSlices; ++sl) a[r][sl] = vf{};
+  for (int64_t d = 0; d < D; ++d) {
+    if (fetch)
+      for (int sl = 0; sl < kSlices; ++sl)
+        if (kn[sl]) __builtin_prefetch(kn[sl] + d * BS, 0, 1);
+    vf kv[kSlices];
+    for (int sl = 0; sl < kSlices; ++sl) kv[sl] = load(kt[sl] + d * BS);
+    for (int r = 0; r < kG; ++r)
+      if (r < n) {
+        const vf qb = bcast(qs[r][d]);
+        for (int sl = 0; sl < kSlices; ++sl) a[r][sl] += qb * kv[sl];
+      }
+  }
+  for (int r = 0; r < kG; ++r)
+    if (r < n)
+      for (int sl = 0; sl < kSlices; ++sl) store(sc[r] + sl * kLanes, a[r][sl]);
+}
+
+// One tile of R rows, head dim D = kLanes * DV, BS a multiple of kLanes (BSC: BS known at
+// compile time, 0: c.BS).
+template <int R, int DV, int BSC>
 void attend_tile(const Ctx& c, int64_t b, int64_t h, int64_t first) {
   constexpr int D = kLanes * DV;
+  constexpr int kQK = kVecRegs / 8;  // rows per QK group: kQK x kSlices chains in registers
   alignas(64) float qs[R][D];
   alignas(64) float acc[R][D];
-  alignas(64) float p[R][kLanes];
+  alignas(64) float sc[R][kBlockKeys];  // a block's scores, then its probabilities
   float m[R], l[R];
   int32_t lim[R];
   float* outp[R];
-  int32_t max_lim = 0, min_lim = std::numeric_limits<int32_t>::max();
+  int32_t max_lim = 0;
   for (int r = 0; r < R; ++r) {
     const Row row = c.row(b, h, first + r);
     for (int d = 0; d < D; ++d) qs[r][d] = row.q[d] * c.scale;
@@ -138,81 +199,65 @@ void attend_tile(const Ctx& c, int64_t b, int64_t h, int64_t first) {
     lim[r] = row.limit;
     outp[r] = row.out;
     max_lim = std::max(max_lim, row.limit);
-    min_lim = std::min(min_lim, row.limit);
   }
   const vi lane = infer_vec::lane_ids();
-  const int64_t BS = c.BS;
-  for (int64_t k0 = 0; k0 < max_lim; k0 += kLanes) {
-    const int64_t jb = k0 / BS, j0 = k0 % BS;
-    const float* kt = c.kblock(b, h, jb) + j0;  // [D][BS], this slice's kLanes columns
-    const float* vb = c.vblock(b, h, jb) + j0 * D;
-    // the slice kPrefetch slices ahead, one K line and one V line per d below: each block
-    // (4 KiB per head) starts a stream the hardware prefetcher picks up late, and issuing
-    // them spread over the loop keeps the miss buffers free for the demand loads
-    const int64_t k1 = k0 + kPrefetch * kLanes;
-    const bool pf = k1 < max_lim;
-    const float* kn = pf ? c.kblock(b, h, k1 / BS) + k1 % BS : kt;
-    const float* vn = pf ? c.vblock(b, h, k1 / BS) + (k1 % BS) * D : vb;
-    // scores: kChains chains per row over d (d mod kChains), added in one fixed order, the
-    // same for every tile size, so a row's bits do not depend on the rows beside it (a decode
-    // alone vs in a verify or prefill chunk). Rows go kQKRows at a time (their chains fill the
-    // registers; a second group re-reads the slice's K from L1). One chain per row made the
-    // 3-row decode tile FMA-latency-bound (4 cycles per d): with the softmax it ran at ~12 GB/s
-    // of K/V from cache, and memory and compute time added up to ~7 GB/s from DRAM
-    vf s[R];
-    for (int r0 = 0; r0 < R; r0 += kQKRows) {
-      constexpr int kG = R < kQKRows ? R : kQKRows;
-      vf ch[kG][kChains];
-      for (int r = 0; r < kG; ++r)
-        for (int i = 0; i < kChains; ++i) ch[r][i] = vf{};
-      const bool fetch = pf && r0 == 0;
-      const float* kd = kt;
-      for (int64_t d = 0; d < D; d += kChains, kd += kChains * BS) {
-        if (fetch) {
-#pragma GCC unroll 4
-          for (int64_t i = 0; i < kChains; ++i) {
-            __builtin_prefetch(kn + (d + i) * BS, 0, 1);
-            // V: the slice's kLanes x D floats, one prefetch per kLanes of them
-            __builtin_prefetch(vn + (d + i) * kLanes, 0, 1);
-          }
-        }
-#pragma GCC unroll 4
-        for (int64_t i = 0; i < kChains; ++i) {
-          const vf kv = load(kd + i * BS);
-          for (int r = 0; r < kG; ++r)
-            if (r0 + r < R) ch[r][i] += qs[r0 + r][d + i] * kv;
-        }
-      }
-      for (int r = 0; r < kG; ++r)
-        if (r0 + r < R) s[r0 + r] = (ch[r][0] + ch[r][1]) + (ch[r][2] + ch[r][3]);
+  const int64_t BS = BSC ? BSC : c.BS;
+  // slice pointers of the block starting at key k0 (null past max_lim: such slices are never
+  // read for a result; QK reads slice 0 in their place)
+  auto slices = [&](int64_t k0, const float** kt, const float** vb) {
+    for (int sl = 0; sl < kSlices; ++sl) {
+      const int64_t key = k0 + sl * kLanes;
+      const bool in = key < max_lim;
+      kt[sl] = in ? c.kblock(b, h, key / BS) + key % BS : nullptr;
+      vb[sl] = in ? c.vblock(b, h, key / BS) + (key % BS) * D : nullptr;
     }
-    // online softmax, row by row: p = exp(s - m), the old sums scaled by corr
-    const bool masked = k0 + kLanes > min_lim;
+  };
+  const float *kt[kSlices], *vb[kSlices], *kn[kSlices], *vn[kSlices];
+  slices(0, kt, vb);
+  for (int64_t k0 = 0; k0 < max_lim; k0 += kBlockKeys) {
+    slices(k0 + kBlockKeys, kn, vn);
+    const float* kq[kSlices];
+    for (int sl = 0; sl < kSlices; ++sl) kq[sl] = kt[sl] ? kt[sl] : kt[0];
+    for (int r0 = 0; r0 < R; r0 += kQK) {
+      constexpr int kG = R < kQK ? R : kQK;
+      qk_block<kG, D>(qs + r0, kq, BS, sc + r0, std::min(kG, R - r0), r0 == 0, kn);
+    }
+    // online softmax, row by row: p = exp(s - m), the old sums scaled by corr. Keys at or past
+    // a row's limit get p = 0 exactly (the -inf select; an unused slot's garbage never enters
+    // arithmetic that reaches the row)
     float corr[R];
-    // keys of this slice that some row of the tile sees (V rows past them are never read)
-    int jmax = masked ? 0 : kLanes;
+    int jmax = 0;  // keys of this block that some row of the tile sees
     for (int r = 0; r < R; ++r) {
-      if (masked) {
-        const int64_t nk = std::clamp<int64_t>(lim[r] - k0, 0, kLanes);
-        if (nk == 0) {  // past this row's causal limit: nothing to add
-          store(p[r], vf{});
-          corr[r] = 1.f;
-          continue;
-        }
-        jmax = std::max<int>(jmax, static_cast<int>(nk));
-        const vi hide = (lane + static_cast<int32_t>(k0)) >= lim[r];
-        s[r] = hide ? splat(kNegInf) : s[r];  // -> p = 0 exactly
+      const int64_t nk = std::clamp<int64_t>(lim[r] - k0, 0, kBlockKeys);
+      if (nk == 0) {  // past this row's causal limit: nothing to add
+        std::fill(sc[r], sc[r] + kBlockKeys, 0.f);
+        corr[r] = 1.f;
+        continue;
       }
-      const float new_m = std::max(m[r], hmax(s[r]));
-      corr[r] = std::exp(m[r] - new_m);  // 0 on the first slice (m = -inf)
-      const vf e = vexp(s[r] - new_m);
-      l[r] = l[r] * corr[r] + hsum(e);
+      jmax = std::max<int>(jmax, static_cast<int>(nk));
+      vf s[kSlices];
+      for (int sl = 0; sl < kSlices; ++sl) {
+        const vi hide = (lane + static_cast<int32_t>(k0 + sl * kLanes)) >= lim[r];
+        s[sl] = hide ? splat(kNegInf) : load(sc[r] + sl * kLanes);
+      }
+      const vf mx = vmax(vmax(s[0], s[1]), vmax(s[2], s[3]));
+      const float new_m = std::max(m[r], hmax(mx));
+      corr[r] = std::exp(m[r] - new_m);  // 0 on the first block (m = -inf)
+      vf e[kSlices];
+      for (int sl = 0; sl < kSlices; ++sl) {
+        e[sl] = vexp(s[sl] - new_m);
+        store(sc[r] + sl * kLanes, e[sl]);
+      }
+      l[r] = l[r] * corr[r] + hsum((e[0] + e[1]) + (e[2] + e[3]));
       m[r] = new_m;
-      store(p[r], e);
     }
-    // PV: rows in register groups, each V row loaded once per group. Keys below jmax are
-    // stored context for some row of the tile (finite); a row that must not see one has p = 0
-    pv_rows<R, DV>(acc, p, corr, vb, jmax);
+    // PV: keys below jmax are stored context for some row of the tile (finite); a row that
+    // must not see one has p = 0
+    pv_block<R, DV>(acc, sc, corr, vb, jmax, vn);
+    for (int sl = 0; sl < kSlices; ++sl) {
+      kt[sl] = kn[sl];
+      vb[sl] = vn[sl];
+    }
   }
   for (int r = 0; r < R; ++r) {
     const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
@@ -220,17 +265,21 @@ void attend_tile(const Ctx& c, int64_t b, int64_t h, int64_t first) {
   }
 }
 
-template <int DV>
+template <int DV, int BSC>
 void attend_tile_dv(const Ctx& c, int64_t b, int64_t h, int64_t first, int count) {
   switch (count) {
-    case 1: return attend_tile<1, DV>(c, b, h, first);
-    case 2: return attend_tile<2, DV>(c, b, h, first);
-    case 3: return attend_tile<3, DV>(c, b, h, first);
-    case 4: return attend_tile<4, DV>(c, b, h, first);
-    case 5: return attend_tile<5, DV>(c, b, h, first);
-    case 6: return attend_tile<6, DV>(c, b, h, first);
-    case 7: return attend_tile<7, DV>(c, b, h, first);
-    default: return attend_tile<8, DV>(c, b, h, first);
+    case 1: return attend_tile<1, DV, BSC>(c, b, h, first);
+    case 2: return attend_tile<2, DV, BSC>(c, b, h, first);
+    case 3: return attend_tile<3, DV, BSC>(c, b, h, first);
+    case 4: return attend_tile<4, DV, BSC>(c, b, h, first);
+    case 5: return attend_tile<5, DV, BSC>(c, b, h, first);
+    case 6: return attend_tile<6, DV, BSC>(c, b, h, first);
+    case 7: return attend_tile<7, DV, BSC>(c, b, h, first);
+    case 8: return attend_tile<8, DV, BSC>(c, b, h, first);
+    case 9: return attend_tile<9, DV, BSC>(c, b, h, first);
+    case 10: return attend_tile<10, DV, BSC>(c, b, h, first);
+    case 11: return attend_tile<11, DV, BSC>(c, b, h, first);
+    default: return attend_tile<12, DV, BSC>(c, b, h, first);
   }
 }
 
@@ -342,11 +391,19 @@ torch::Tensor paged_attention_fwd(torch::Tensor q, torch::Tensor k_cache, torch:
   const bool fast = BS % kLanes == 0 && (D == 32 || D == 64 || D == 128 || D == 256);
   auto run = [&](const Tile& t) {
     if (!fast) return attend_rows_generic(c, t.seq, t.head, t.first, t.count);
+    if (BS == 16) {
+      switch (D) {
+        case 32: return attend_tile_dv<32 / kLanes, 16>(c, t.seq, t.head, t.first, t.count);
+        case 64: return attend_tile_dv<64 / kLanes, 16>(c, t.seq, t.head, t.first, t.count);
+        case 128: return attend_tile_dv<128 / kLanes, 16>(c, t.seq, t.head, t.first, t.count);
+        default: return attend_tile_dv<256 / kLanes, 16>(c, t.seq, t.head, t.first, t.count);
+      }
+    }
     switch (D) {
-      case 32: return attend_tile_dv<32 / kLanes>(c, t.seq, t.head, t.first, t.count);
-      case 64: return attend_tile_dv<64 / kLanes>(c, t.seq, t.head, t.first, t.count);
-      case 128: return attend_tile_dv<128 / kLanes>(c, t.seq, t.head, t.first, t.count);
-      default: return attend_tile_dv<256 / kLanes>(c, t.seq, t.head, t.first, t.count);
+      case 32: return attend_tile_dv<32 / kLanes, 0>(c, t.seq, t.head, t.first, t.count);
+      case 64: return attend_tile_dv<64 / kLanes, 0>(c, t.seq, t.head, t.first, t.count);
+      case 128: return attend_tile_dv<128 / kLanes, 0>(c, t.seq, t.head, t.first, t.count);
+      default: return attend_tile_dv<256 / kLanes, 0>(c, t.seq, t.head, t.first, t.count);
     }
   };
   const int64_t nt = static_cast<int64_t>(tiles.size());
