@@ -19,9 +19,10 @@
 // QK and its V lines during PV. A row's bits depend only on its own keys and the block
 // boundaries (multiples of kBlockKeys from key 0), never on the other rows of its tile: a
 // decode alone equals the same row inside a verify or prefill chunk (keys past a row's limit
-// enter as p = 0 exactly, which leaves every sum unchanged). Causal tiles stop at their last key.
+// enter as p = 0 exactly, which leaves every sum unchanged, up to the sign of a zero sum).
+// Causal tiles stop at their last key.
 // Tiles go to threads through a shared counter, longest first (causal tiles differ in cost).
-// Other head dims (not 32/64/128/256) or blocks that are not a multiple of kLanes keys take a
+// Other head dims (not 32/64/128/256) or cache blocks that are not a multiple of kLanes keys take a
 // scalar loop, one row and one key at a time.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -50,7 +51,7 @@ using infer_vec::vexp;
 using infer_vec::vf;
 using infer_vec::vi;
 
-constexpr int kRows = 12;   // rows per tile (4 tokens x 3 GQA heads: two full PV register groups)
+constexpr int kRows = 12;   // rows per tile (measured: 12 beat 8 on prefill; e.g. 4 tokens x 3 GQA heads)
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 inline vf vmax(vf a, vf b) { return a > b ? a : b; }
@@ -117,7 +118,8 @@ constexpr int kBlockKeys = kSlices * kLanes;
 // whose accumulators (G x DV vectors) stay in registers while V streams by once per group;
 // key j of the block is row j % kLanes of slice vb[j / kLanes]. While the first group runs,
 // the next block's V lines (vn[s], null: none) are prefetched, spread over the keys.
-// G: rows whose DV accumulators fit in 3/4 of the registers (the rest: V and p).
+// G: rows whose DV accumulators fit in 3/4 of the registers (the rest: V and p); at least 1
+// (AVX2 with D >= 128: that row's accumulators spill).
 template <int R, int DV, int G = (kVecRegs * 3 / 4 / DV > 0 ? kVecRegs * 3 / 4 / DV : 1)>
 inline void pv_block(float (*acc)[kLanes * DV], const float (*p)[kBlockKeys], const float* corr,
                      const float* const* vb, int jmax, const float* const* vn) {
@@ -372,7 +374,7 @@ torch::Tensor paged_attention_fwd(torch::Tensor q, torch::Tensor k_cache, torch:
   TORCH_CHECK(c.qsl[B] == q.size(0), "query_start_loc[-1] must equal the number of query tokens");
 
   // tiles: consecutive rows of one (sequence, kv head); cost ~ keys of the last row x (rows +
-  // 4), the 4 standing for a slice's per-tile work that does not scale with rows (K/V loads)
+  // 4), the 4 standing for a block's per-tile work that does not scale with rows (K/V loads)
   std::vector<Tile> tiles;
   for (int64_t b = 0; b < B; ++b) {
     const int64_t n = c.qsl[b + 1] - c.qsl[b];
