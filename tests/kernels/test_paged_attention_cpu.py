@@ -101,16 +101,30 @@ def test_thread_count_does_not_change_results() -> None:
 
 def test_a_row_does_not_depend_on_the_rows_beside_it() -> None:
     """The last new token of a sequence gets the same bits whether it is decoded alone or with
-    1..7 tokens before it in the step (a verify or a prefill chunk): its (token, head) rows then
-    sit in tiles of different sizes, whose score sums must not change order with the size."""
-    q, kc, vc, bt, _qsl, cl, _ = _build([8], [100], 9, 3, 64, 16, seed=5)
+    1..11 tokens before it in the step (a verify or a prefill chunk): its (token, head) rows then
+    sit in tiles of different sizes and different last keys (the context crosses two 64-key
+    softmax blocks), whose sums must not change order with the tile."""
+    q, kc, vc, bt, _qsl, cl, _ = _build([12], [140], 9, 3, 64, 16, seed=5)
     outs = []
-    for n in range(1, 9):
+    for n in range(1, 13):
         qn = q[-n:].contiguous()
         qsl_n = torch.tensor([0, n], dtype=torch.int32)
         outs.append(cpu_kernel.paged_attention(qn, kc, vc, bt, qsl_n, cl, 0.125)[-1])
     for n, o in enumerate(outs[1:], start=2):
         assert torch.equal(o, outs[0]), f"the last token's output changed with {n} tokens in the step"
+
+
+def test_block_table_entries_past_the_context_are_never_read() -> None:
+    """A block table row is only meaningful up to its context's last block; what lies past it
+    (stale ids, -1, out-of-range garbage) must not be dereferenced or change any bit."""
+    new, ctx = [1, 1, 20], [70, 5, 150]
+    q, kc, vc, bt, qsl, cl, _ = _build(new, ctx, 9, 3, 64, 16, seed=7)
+    clean = cpu_kernel.paged_attention(q, kc, vc, bt, qsl, cl, 0.125)
+    wide = torch.cat([bt, torch.zeros(bt.shape[0], 4, dtype=torch.int32)], dim=1)
+    for b, c in enumerate(ctx):
+        used = (c + 15) // 16
+        wide[b, used:] = torch.tensor([-1, 2**30, -(2**30), 123456789] * 4, dtype=torch.int32)[: wide.shape[1] - used]
+    assert torch.equal(cpu_kernel.paged_attention(q, kc, vc, wide, qsl, cl, 0.125), clean)
 
 
 def test_bad_metadata_is_refused() -> None:
