@@ -179,9 +179,8 @@ inline void qk_block(const float (*qs)[D], const float* const* kt, int64_t BS, f
       for (int sl = 0; sl < kSlices; ++sl) store(sc[r] + sl * kLanes, a[r][sl]);
 }
 
-// One tile of R rows, head dim D = kLanes * DV, BS a multiple of kLanes (BSC: BS known at
-// compile time, 0: c.BS).
-template <int R, int DV, int BSC>
+// One tile of R rows, head dim D = kLanes * DV, BS a multiple of kLanes.
+template <int R, int DV>
 void attend_tile(const Ctx& c, int64_t b, int64_t h, int64_t first) {
   constexpr int D = kLanes * DV;
   constexpr int kQK = kVecRegs / 8;  // rows per QK group: kQK x kSlices chains in registers
@@ -203,7 +202,7 @@ void attend_tile(const Ctx& c, int64_t b, int64_t h, int64_t first) {
     max_lim = std::max(max_lim, row.limit);
   }
   const vi lane = infer_vec::lane_ids();
-  const int64_t BS = BSC ? BSC : c.BS;
+  const int64_t BS = c.BS;
   // slice pointers of the block starting at key k0 (null past max_lim: such slices are never
   // read for a result; QK reads slice 0 in their place)
   auto slices = [&](int64_t k0, const float** kt, const float** vb) {
@@ -267,21 +266,21 @@ void attend_tile(const Ctx& c, int64_t b, int64_t h, int64_t first) {
   }
 }
 
-template <int DV, int BSC>
+template <int DV>
 void attend_tile_dv(const Ctx& c, int64_t b, int64_t h, int64_t first, int count) {
   switch (count) {
-    case 1: return attend_tile<1, DV, BSC>(c, b, h, first);
-    case 2: return attend_tile<2, DV, BSC>(c, b, h, first);
-    case 3: return attend_tile<3, DV, BSC>(c, b, h, first);
-    case 4: return attend_tile<4, DV, BSC>(c, b, h, first);
-    case 5: return attend_tile<5, DV, BSC>(c, b, h, first);
-    case 6: return attend_tile<6, DV, BSC>(c, b, h, first);
-    case 7: return attend_tile<7, DV, BSC>(c, b, h, first);
-    case 8: return attend_tile<8, DV, BSC>(c, b, h, first);
-    case 9: return attend_tile<9, DV, BSC>(c, b, h, first);
-    case 10: return attend_tile<10, DV, BSC>(c, b, h, first);
-    case 11: return attend_tile<11, DV, BSC>(c, b, h, first);
-    default: return attend_tile<12, DV, BSC>(c, b, h, first);
+    case 1: return attend_tile<1, DV>(c, b, h, first);
+    case 2: return attend_tile<2, DV>(c, b, h, first);
+    case 3: return attend_tile<3, DV>(c, b, h, first);
+    case 4: return attend_tile<4, DV>(c, b, h, first);
+    case 5: return attend_tile<5, DV>(c, b, h, first);
+    case 6: return attend_tile<6, DV>(c, b, h, first);
+    case 7: return attend_tile<7, DV>(c, b, h, first);
+    case 8: return attend_tile<8, DV>(c, b, h, first);
+    case 9: return attend_tile<9, DV>(c, b, h, first);
+    case 10: return attend_tile<10, DV>(c, b, h, first);
+    case 11: return attend_tile<11, DV>(c, b, h, first);
+    default: return attend_tile<12, DV>(c, b, h, first);
   }
 }
 
@@ -393,19 +392,11 @@ torch::Tensor paged_attention_fwd(torch::Tensor q, torch::Tensor k_cache, torch:
   const bool fast = BS % kLanes == 0 && (D == 32 || D == 64 || D == 128 || D == 256);
   auto run = [&](const Tile& t) {
     if (!fast) return attend_rows_generic(c, t.seq, t.head, t.first, t.count);
-    if (BS == 16) {
-      switch (D) {
-        case 32: return attend_tile_dv<32 / kLanes, 16>(c, t.seq, t.head, t.first, t.count);
-        case 64: return attend_tile_dv<64 / kLanes, 16>(c, t.seq, t.head, t.first, t.count);
-        case 128: return attend_tile_dv<128 / kLanes, 16>(c, t.seq, t.head, t.first, t.count);
-        default: return attend_tile_dv<256 / kLanes, 16>(c, t.seq, t.head, t.first, t.count);
-      }
-    }
     switch (D) {
-      case 32: return attend_tile_dv<32 / kLanes, 0>(c, t.seq, t.head, t.first, t.count);
-      case 64: return attend_tile_dv<64 / kLanes, 0>(c, t.seq, t.head, t.first, t.count);
-      case 128: return attend_tile_dv<128 / kLanes, 0>(c, t.seq, t.head, t.first, t.count);
-      default: return attend_tile_dv<256 / kLanes, 0>(c, t.seq, t.head, t.first, t.count);
+      case 32: return attend_tile_dv<32 / kLanes>(c, t.seq, t.head, t.first, t.count);
+      case 64: return attend_tile_dv<64 / kLanes>(c, t.seq, t.head, t.first, t.count);
+      case 128: return attend_tile_dv<128 / kLanes>(c, t.seq, t.head, t.first, t.count);
+      default: return attend_tile_dv<256 / kLanes>(c, t.seq, t.head, t.first, t.count);
     }
   };
   const int64_t nt = static_cast<int64_t>(tiles.size());
