@@ -58,8 +58,7 @@ def main() -> None:
     if args.against is not None:
         if not args.against.is_file():
             raise SystemExit(f"--against: no such file {args.against}")
-        other = load_cpp_extension("infer_attention_against", args.against.resolve(),
-                                   ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno"],
+        other = load_cpp_extension("infer_attention_against", args.against.resolve(), cpu_kernel.BUILD_FLAGS,
                                    f"attention kernel from {args.against}")
         if other is None:
             raise SystemExit(f"{args.against} did not build")

@@ -16,16 +16,15 @@ import torch
 from infer.cpp_ext import load_cpp_extension
 
 _SRC = Path(__file__).parent / "csrc" / "paged_attention_cpu.cpp"
+#: compiler flags of the extension (also for A/B builds of other versions of the source);
+#: -fno-math-errno lets expf vectorize (libmvec), no other fast-math licence taken
+BUILD_FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno"]
 
 
 @lru_cache(maxsize=1)
 def load() -> ModuleType | None:
     """Compile (first time) and import the extension; None if that is impossible."""
-    # -fno-math-errno lets expf vectorize (libmvec); no other fast-math licence taken
-    return load_cpp_extension(
-        "infer_paged_attention_cpu", _SRC, ["-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno"],
-        "CPU paged-attention kernel",
-    )
+    return load_cpp_extension("infer_paged_attention_cpu", _SRC, BUILD_FLAGS, "CPU paged-attention kernel")
 
 
 def available() -> bool:
