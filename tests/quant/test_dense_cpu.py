@@ -74,11 +74,11 @@ def _kind_call(kind: str, n: int, k: int, bias: bool):  # type: ignore[no-untype
     return lambda x: dense_cpu.packed_linear_int4(x, packed[0], n, packed[1], packed[2], 64, b)
 
 
-# (N, threads): how a band cuts the panels (torch hands each thread ceil(tasks / threads) of
-# the panels' 16-column vectors): 576 and 960 at 2 threads cut one panel in halves; 320 at 3
-# threads leaves windows of 3, 1 and 2 vectors; 40 at 2 threads gives the second thread a
-# window with 8 real columns, 20 at 2 threads one that holds only padding; 576 at 3 threads
-# and 128 at 2 threads divide into whole panels
+# (N, threads): how the bands cut the panels (few rows: thread b owns the panels' 16-column
+# vectors [b * tasks / threads, (b + 1) * tasks / threads)): 576 and 960 at 2 threads cut one
+# panel in halves; 320 at 3 threads leaves windows of 2, 2, 1 and 3 vectors; 40 at 2 threads
+# gives the second thread a window with 8 real columns, 20 at 2 threads one that holds only
+# padding; 576 at 3 threads and 128 at 2 threads divide into whole panels
 SPLITS = [(576, 2), (960, 2), (320, 3), (40, 2), (20, 2), (576, 3), (128, 2)]
 
 
@@ -99,6 +99,32 @@ def test_threads_do_not_change_results(kind: str, m: int, bias: bool) -> None:
             one = f(x)
             torch.set_num_threads(threads)
             assert torch.equal(f(x), one), f"N={n} at {threads} threads"
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("kind", ["fp32", "int8", "int4"])
+def test_taking_work_from_another_band_keeps_the_bits(kind: str) -> None:
+    """Few-row calls split dynamically: a thread done with its band takes whole panels from the
+    back of another's. With more threads than cores (6 on this machine's 2) the threads are
+    descheduled at random and the bands end unevenly, so panels change hands from call to call;
+    every call must still give the single-thread bits (each column summed once, in one order)."""
+    torch.manual_seed(3)
+    before = torch.get_num_threads()
+    try:
+        for n in (64 * 37, 64 * 37 + 24):  # uneven panels; a padded last panel
+            f = _kind_call(kind, n, 576, True)
+            for m in (1, 2):
+                # two inputs in turn: a piece no thread took would show the other one's stale
+                # output (a freed buffer comes back), not a plausible copy of the right one
+                xs = [torch.randn(m, 576), torch.randn(m, 576)]
+                torch.set_num_threads(1)
+                ones = [f(x) for x in xs]
+                for threads in (2, 3, 6):
+                    torch.set_num_threads(threads)
+                    for rep in range(16):
+                        got = f(xs[rep % 2])
+                        assert torch.equal(got, ones[rep % 2]), f"N={n} m={m} at {threads} threads, call {rep}"
     finally:
         torch.set_num_threads(before)
 

@@ -30,7 +30,8 @@
 // Work split: panels across torch's intra-op threads (each thread a contiguous band: one
 // stream per core). When the panels do not divide over the threads, a band may start or end
 // inside a panel: with enough rows, at a row part; with few (decode), at one of the panel's
-// four 16-column vectors, so two threads on N = 576 take 4.5 panels each instead of 5 and 4.
+// four 16-column vectors, so two threads on N = 576 take 4.5 panels each instead of 5 and 4,
+// and a thread done with its band takes whole panels from another's (balanced_tasks).
 // For fp32 / bf16 a vector of a k row is one 64-byte line, so each thread reads only its
 // window's lines (the prefetchers may still fetch the others); for int8 / int4 a k row is
 // one line, so both read the shared panel whole and only the compute is balanced. A column's
@@ -48,9 +49,11 @@
 
 #include <immintrin.h>
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -62,6 +65,7 @@ constexpr int64_t kPanel = 64;            // output columns per packed panel
 constexpr int kVecs = kPanel / 16;        // 16-column vectors per panel (a band's unit)
 constexpr int kMR = 6;                    // activation rows per register tile
 constexpr int64_t kChunkElems = 48 << 10; // activation elements per chunk (192 KB of fp32)
+constexpr int64_t kStreamAhead = 2048;    // bytes a one-row fp32 stream prefetches ahead
 
 using bf16 = c10::BFloat16;
 
@@ -157,6 +161,11 @@ inline void panel_f32(const float* x, const W* p, int64_t K, const float* scale,
     const W* w = p + k * kPanel;
     __m512 wv[NV];
     for (int j = 0; j < NV; ++j) wv[j] = load_w(w + 16 * j);
+    // one row: each line is used once, and the hardware prefetchers alone left ~1% of the
+    // stream's rate on the table (A/B over the model's decode GEMVs: +1.1-1.3% with lines
+    // 1.5-3 KB ahead into L1; into L2 at 4-8 KB, or non-temporal, was slower)
+    if constexpr (MR == 1 && std::is_same_v<W, float>)
+      for (int j = 0; j < NV; ++j) __builtin_prefetch(reinterpret_cast<const char*>(w + 16 * j) + kStreamAhead, 0, 3);
     for (int m = 0; m < MR; ++m) {
       const __m512 xb = bcast(x + m * K + k);
       for (int j = 0; j < NV; ++j) acc[m][j] = _mm512_fmadd_ps(wv[j], xb, acc[m][j]);
@@ -531,24 +540,72 @@ inline void dequant_int4(const uint8_t* p, const float* sc, const float* of, int
 
 constexpr int64_t kInt4MaxRows = 2;  // rows decoded in registers (beyond: dequantized panels)
 
-// Column windows per panel for a parallel_for over `panels` panels: when the panels do not
-// divide over the threads (N = 576: 9 panels, 5 + 4 on two threads, and the slower thread
-// sets the step), each panel is cut into its kVecs 16-column vectors so the bands are equal
-// to a vector. Every column keeps its one chain over k, so no sum changes.
-inline int64_t column_tasks(int64_t panels, int64_t threads) {
-  return threads > 1 && panels % threads != 0 ? kVecs : 1;
+// Walks a thread's band [t0, t1) of tasks, panel-major, each panel cut into `parts` row parts:
+// f(panel, row part, next task) for each (next task == t1: the band ends there).
+template <typename F>
+inline void for_each_piece(int64_t t0, int64_t t1, int64_t parts, F&& f) {
+  for (int64_t t = t0; t < t1; ++t) f(t / parts, t % parts, t + 1);
 }
 
-// Walks a thread's band [t0, t1) of tasks, panel-major, each panel cut into `parts` row parts
-// x `qs` column windows (one of the two is 1): f(panel, row part, first vector, vectors, next
-// task) for each piece of a panel the band holds (next task == t1: the band ends there).
+// Few-row calls (decode) split their work dynamically. A static split gives each thread an
+// equal share of the bytes, but two threads streaming at once do not finish together: in
+// single-stream decode at two threads, one ended 5-15% of the call before the other (10th /
+// 90th percentiles; 1.6-3.6 ms of waiting per token over the 121 GEMVs), and the step waits
+// for the slower. So each thread owns a band of tasks (task t: 16-column vector t % kVecs of
+// panel t / kVecs; the bands are equal to a vector when the panels do not divide over the
+// threads) and takes it from the front a panel at a time; a thread done with its band takes
+// whole panels from the back of the others'. (Taking single vectors at the end balanced finer
+// but read each panel as four strided passes and was slower.) Which thread computes a column
+// never changes its sum (one chain over k in every window): outputs stay bit-identical.
+struct alignas(64) Band {        // one per thread, on its own cache line
+  std::atomic<uint64_t> range;   // [front, back) of the band's untaken tasks: low | high 32 bits
+};
+
+inline uint64_t band_range(int64_t front, int64_t back) {
+  return static_cast<uint64_t>(front) | (static_cast<uint64_t>(back) << 32);
+}
+
+// Takes tasks from `band` until it is empty: the owner from the front, others from the back.
+// f(panel, first vector, vectors, a panel to prefetch or -1) runs each piece taken.
 template <typename F>
-inline void for_each_piece(int64_t t0, int64_t t1, int64_t parts, int64_t qs, F&& f) {
-  for (int64_t t = t0; t < t1;) {
-    const int64_t j = t % qs, n = std::min(qs - j, t1 - t);
-    f(t / (parts * qs), t / qs % parts, j * (kVecs / qs), n * (kVecs / qs), t + n);
-    t += n;
+void drain_band(Band& band, bool owner, F& f) {
+  uint64_t r = band.range.load(std::memory_order_acquire);
+  for (;;) {
+    const int64_t lo = static_cast<int64_t>(r & 0xffffffffu), hi = static_cast<int64_t>(r >> 32);
+    if (lo >= hi) return;
+    int64_t t, n;
+    if (owner) {  // the rest of the front panel (a band may start or end inside one)
+      t = lo;
+      n = std::min((lo / kVecs + 1) * kVecs, hi) - lo;
+    } else {      // the back panel's part in the band
+      n = hi - std::max((hi - 1) / kVecs * kVecs, lo);
+      t = hi - n;
+    }
+    const uint64_t want = owner ? band_range(lo + n, hi) : band_range(lo, hi - n);
+    if (!band.range.compare_exchange_weak(r, want, std::memory_order_acq_rel,
+                                          std::memory_order_acquire))
+      continue;  // r reloaded: the other end moved
+    // a hint only: the panel this thread is likely to take next
+    const int64_t next = owner ? (t + n < hi ? (t + n) / kVecs : -1) : (t > lo ? (t - 1) / kVecs : -1);
+    f(t / kVecs, t % kVecs, n, next);
+    r = band.range.load(std::memory_order_acquire);
   }
+}
+
+// Runs every vector of `panels` panels over the intra-op threads as above (callers use it
+// with two or more threads).
+template <typename F>
+void balanced_tasks(int64_t panels, F&& f) {
+  const int64_t tasks = panels * kVecs;
+  const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), tasks));
+  std::unique_ptr<Band[]> bands(new Band[nt]);
+  for (int64_t b = 0; b < nt; ++b)
+    bands[b].range.store(band_range(b * tasks / nt, (b + 1) * tasks / nt), std::memory_order_relaxed);
+  // grain 1 over nt items: each thread one band (run inline on one thread, all of them)
+  at::parallel_for(0, nt, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) drain_band(bands[b], true, f);
+    for (int64_t i = 1; i < nt; ++i) drain_band(bands[(b1 - 1 + i) % nt], false, f);
+  });
 }
 
 // Vectors [j0, j0 + nvec) of int4 panel p for M (1 or 2) rows; the other arguments as for a
@@ -575,29 +632,35 @@ void run(const T* x, const W* wp, const T* bias, T* out, int64_t M, int64_t K, i
   const int64_t panel_bytes = panel_elems * static_cast<int64_t>(sizeof(W));
   const int64_t chunk = std::max<int64_t>(kMR, kChunkElems / std::max<int64_t>(K, 1) / kMR * kMR);
   const int64_t threads = at::get_num_threads();
-  const int64_t cols = column_tasks(panels, threads);
   for (int64_t m0 = 0; m0 < M; m0 += chunk) {
     const int64_t mc = std::min(chunk, M - m0);
+    if (threads > 1 && mc < threads * kMR) {  // few rows (decode): the dynamic split above
+      balanced_tasks(panels, [&](int64_t p, int64_t j0, int64_t nvec, int64_t np) {
+        const int64_t n0 = p * kPanel;
+        rows_window<T, W>(j0, nvec, x + m0 * K, wp + p * panel_elems, mc, K, scale, bias,
+                          out + m0 * N + n0, N, n0, std::min(kPanel, N - n0),
+                          np >= 0 ? wp + np * panel_elems : nullptr, panel_bytes);
+      });
+      continue;
+    }
     // Tasks are panel-major; grain 1: at::parallel_for hands each thread one contiguous band
-    // of them. When the panels do not divide over the threads, each panel's rows are cut in
-    // `threads` parts if there are enough rows (a row's sums are the same whichever part
-    // holds it; whole-panel streams keep the next-panel prefetch), else its columns.
-    const int64_t parts = (cols > 1 && mc >= threads * kMR) ? threads : 1;
-    const int64_t qs = parts > 1 ? 1 : cols;
+    // of them. When the panels do not divide over the threads (N = 576: 9 panels, 5 + 4 on
+    // two threads), each panel's rows are cut in `threads` parts (a row's sums are the same
+    // whichever part holds it; whole-panel streams keep the next-panel prefetch).
+    const int64_t parts = threads > 1 && panels % threads != 0 ? threads : 1;
     const int64_t part_rows = (mc + parts - 1) / parts;  // every row in exactly one part
     const bool more_chunks = m0 + chunk < M;
-    at::parallel_for(0, panels * parts * qs, 1, [&](int64_t t0, int64_t t1) {
-      for_each_piece(t0, t1, parts, qs, [&](int64_t p, int64_t part, int64_t j0, int64_t nvec,
-                                            int64_t t) {
+    at::parallel_for(0, panels * parts, 1, [&](int64_t t0, int64_t t1) {
+      for_each_piece(t0, t1, parts, [&](int64_t p, int64_t part, int64_t t) {
         const int64_t r0 = part * part_rows, rows = std::min(mc, r0 + part_rows) - r0;
         if (rows <= 0) return;
         // the next panel this thread reads whole: the next task's (unless it is this panel
         // again, another row part), or after the band's end its first one, next chunk
         const int64_t u = t < t1 ? t : (more_chunks ? t0 : -1);
-        const int64_t np = (u >= 0 && u % qs == 0 && t1 - u >= qs) ? u / (parts * qs) : p;
+        const int64_t np = u >= 0 ? u / parts : p;
         const W* next = np != p ? wp + np * panel_elems : nullptr;
         const int64_t n0 = p * kPanel;
-        rows_window<T, W>(j0, nvec, x + (m0 + r0) * K, wp + p * panel_elems, rows, K, scale, bias,
+        rows_window<T, W>(0, kVecs, x + (m0 + r0) * K, wp + p * panel_elems, rows, K, scale, bias,
                           out + (m0 + r0) * N + n0, N, n0, std::min(kPanel, N - n0), next, panel_bytes);
       });
     });
@@ -610,13 +673,17 @@ void run_int4(const float* x, const float* xsum, const uint8_t* wp, const float*
   const int64_t panels = (N + kPanel - 1) / kPanel, ng = K / G;
   const int64_t pb = K / 2 * kPanel, ps = ng * kPanel;  // bytes / scales per panel
   if (M <= kInt4MaxRows) {
-    const int64_t qs = column_tasks(panels, at::get_num_threads());
-    at::parallel_for(0, panels * qs, 1, [&](int64_t t0, int64_t t1) {
-      for_each_piece(t0, t1, 1, qs, [&](int64_t p, int64_t, int64_t j0, int64_t nvec, int64_t) {
-        const int64_t n0 = p * kPanel;
-        int4_window(M, j0, nvec, x, xsum, wp + p * pb, sc + p * ps, of + p * ps, K, G, bias,
-                    out + n0, N, n0, std::min(kPanel, N - n0));
-      });
+    const auto piece = [&](int64_t p, int64_t j0, int64_t nvec) {
+      const int64_t n0 = p * kPanel;
+      int4_window(M, j0, nvec, x, xsum, wp + p * pb, sc + p * ps, of + p * ps, K, G, bias,
+                  out + n0, N, n0, std::min(kPanel, N - n0));
+    };
+    if (at::get_num_threads() > 1) {  // decode: the dynamic split
+      balanced_tasks(panels, [&](int64_t p, int64_t j0, int64_t nvec, int64_t) { piece(p, j0, nvec); });
+      return;
+    }
+    at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) piece(p, 0, kVecs);
     });
     return;
   }
