@@ -6,15 +6,16 @@ linear kernel: one engine per source file, rounds alternate their order, best of
     .venv/bin/python experiments/14-balanced-gemv/scripts/ab_engine.py 2 8 /tmp/dl_old.cpp /tmp/dl_new.cpp
 
 Arguments: threads, rounds, sources (the first is the reference). Asserts equal outputs."""
-import sys, time
+import sys
 from pathlib import Path
-import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "scripts"))
 from bench_engine import read_bandwidth, weight_bytes
-from infer.cpp_ext import load_cpp_extension
+
 import infer.quant.dense_cpu as DC
-import infer.models.decoder_stack as DS
 from infer import LLM, SamplingParams
+from infer.cpp_ext import load_cpp_extension
+
 th = int(sys.argv[1]); rounds = int(sys.argv[2]); srcs = sys.argv[3:]
 llms = {}
 for v in srcs:
@@ -37,7 +38,7 @@ for r in range(rounds):
         best[k] = max(best[k], row[k])
     rows.append(row)
     print(" ".join(f"{k} {v:.2f}" for k, v in row.items()), flush=True)
-base = list(llms)[0]
+base = next(iter(llms))
 assert all(o == outs[base] for o in outs.values()), "outputs differ"
 print(f"probe {bw/1e9:.2f} GB/s, bound {bw/wb:.1f} tok/s")
 for k in llms:

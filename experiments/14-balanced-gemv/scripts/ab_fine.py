@@ -5,11 +5,17 @@ times every build once, in a random order; reports the median of per-pass time r
     .venv/bin/python experiments/14-balanced-gemv/scripts/ab_fine.py 2 150 /tmp/dl_old.cpp /tmp/dl_new.cpp
 
 Arguments: threads, passes, sources (the first is the reference)."""
-import sys, time, statistics, random
+import random
+import statistics
+import sys
+import time
 from pathlib import Path
+
 import torch
+
 from infer import LLM
 from infer.cpp_ext import load_cpp_extension
+
 th = int(sys.argv[1]); n_iter = int(sys.argv[2]); torch.set_num_threads(th)
 mods = {}
 for v in sys.argv[3:]:
