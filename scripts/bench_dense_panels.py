@@ -87,5 +87,6 @@ def main() -> None:
             print(f"M={m:5d}  {b * 1e3:8.2f} ms  {flops / b / 1e9:7.1f} GFLOP/s  "
                   f"{wbytes / b / 1e9:6.1f} GB/s of weights  [{name}]{vs}", flush=True)
 
+
 if __name__ == "__main__":
     main()

@@ -106,7 +106,7 @@ def test_threads_do_not_change_results(kind: str, m: int, bias: bool) -> None:
 @pytest.mark.parametrize("kind", ["fp32", "int8", "int4"])
 def test_taking_work_from_another_band_keeps_the_bits(kind: str) -> None:
     """Few-row calls split dynamically: a thread done with its band takes whole panels from the
-    back of another's. With more threads than cores (6 on this machine's 2) the threads are
+    back of another's. With more threads than cores (6 on a 2-core machine) the threads are
     descheduled at random and the bands end unevenly, so panels change hands from call to call;
     every call must still give the single-thread bits (each column summed once, in one order)."""
     torch.manual_seed(3)

@@ -682,9 +682,7 @@ void run_int4(const float* x, const float* xsum, const uint8_t* wp, const float*
       balanced_tasks(panels, [&](int64_t p, int64_t j0, int64_t nvec, int64_t) { piece(p, j0, nvec); });
       return;
     }
-    at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p) piece(p, 0, kVecs);
-    });
+    for (int64_t p = 0; p < panels; ++p) piece(p, 0, kVecs);  // one thread
     return;
   }
   const int64_t chunk = std::max<int64_t>(kMR, kChunkElems / std::max<int64_t>(K, 1) / kMR * kMR);
