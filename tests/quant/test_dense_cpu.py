@@ -149,6 +149,27 @@ def test_a_row_does_not_depend_on_the_batch() -> None:
         torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize("kind", ["fp32", "int8"])
+@pytest.mark.parametrize("k", [576, 1537])
+def test_k_blocked_rows_equal_rows_alone(kind: str, k: int) -> None:
+    """12-41 rows take the panel in blocks of 64 k, parking the sums between blocks; a row's
+    bits must not change: each row of such a call (all of the 2-6 row-group counts, a partial
+    last k block at K=1537, the leftover rows) equals the same row run alone (whole-K order),
+    and rows 42-48 (whole-K tiles) agree too."""
+    torch.manual_seed(k)
+    f = _kind_call(kind, 200, k, True)
+    x = torch.randn(48, k)
+    alone = torch.cat([f(x[i : i + 1].contiguous()) for i in range(48)])
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            for m in (12, 17, 24, 35, 41, 42, 48):
+                assert torch.equal(f(x[:m].contiguous()), alone[:m]), f"{m} rows at {threads} thread(s)"
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_leading_dims_and_empty() -> None:
     x, w = torch.randn(2, 3, 40), torch.randn(9, 40)
     torch.testing.assert_close(dense_cpu.kernel(x, w), F.linear(x, w), atol=1e-5, rtol=1e-5)
