@@ -46,7 +46,7 @@ for r in range(rounds):
         outs[k] = [list(x.outputs[0].token_ids) for x in o]
     rows.append(row)
     print(" ".join(f"{k} {v:.1f}" for k, v in row.items()), flush=True)
-ref = list(llms)[0]
+ref = next(iter(llms))
 for k in list(llms)[1:]:
     assert outs[k] == outs[ref], f"{k}: outputs differ from {ref}"
     ratios = [row[k] / row[ref] for row in rows]
