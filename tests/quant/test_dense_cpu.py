@@ -153,18 +153,19 @@ def test_a_row_does_not_depend_on_the_batch() -> None:
 @pytest.mark.parametrize("k", [576, 1537])
 def test_k_blocked_rows_equal_rows_alone(kind: str, k: int) -> None:
     """12-41 rows take the panel in blocks of 64 k, parking the sums between blocks; a row's
-    bits must not change: each row of such a call (all of the 2-6 row-group counts, a partial
-    last k block at K=1537, the leftover rows) equals the same row run alone (whole-K order),
-    and rows 42-48 (whole-K tiles) agree too."""
+    bits must not change: each row of such a call (2-6 row groups, leftover rows of 1-5, a
+    partial last k block at K=1537) equals the same row run alone (whole-K order), and rows
+    42-48 (whole-K tiles) agree too. At 3 threads 12-17 rows are few enough for the dynamic
+    split, whose windows of 1-3 vectors then take the k-blocked order as well."""
     torch.manual_seed(k)
     f = _kind_call(kind, 200, k, True)
     x = torch.randn(48, k)
     alone = torch.cat([f(x[i : i + 1].contiguous()) for i in range(48)])
     before = torch.get_num_threads()
     try:
-        for threads in (1, 2):
+        for threads in (1, 2, 3):
             torch.set_num_threads(threads)
-            for m in (12, 17, 24, 35, 41, 42, 48):
+            for m in (12, 13, 14, 15, 16, 17, 24, 35, 41, 42, 48):
                 assert torch.equal(f(x[:m].contiguous()), alone[:m]), f"{m} rows at {threads} thread(s)"
     finally:
         torch.set_num_threads(before)
