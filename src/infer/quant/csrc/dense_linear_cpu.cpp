@@ -88,6 +88,20 @@ struct NextPanel {
   }
 };
 
+// f(std::integral_constant<int, R>) for the R = rows (1..kMR-1) left over after a panel's
+// full kMR-row groups; nothing for 0
+template <typename F>
+inline void with_tail_rows(int64_t rows, F&& f) {
+  switch (rows) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    case 5: f(std::integral_constant<int, 5>{}); break;
+    default: break;
+  }
+}
+
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 #define INFER_DENSE_SIMD 1
 #endif
@@ -217,14 +231,9 @@ void rows_panel_kblocked(const float* x, const W* p, int64_t mc, int64_t K, cons
     const float* xm = x + full * K;
     float* om = out + full * N;
     float* pm = part + full * kPanel;
-    switch (mc - full) {
-      case 1: panel_f32<1, NV, W>(xm, p, K, scale, bias, om, N, n0, nv, none, k0, k1, pm); break;
-      case 2: panel_f32<2, NV, W>(xm, p, K, scale, bias, om, N, n0, nv, none, k0, k1, pm); break;
-      case 3: panel_f32<3, NV, W>(xm, p, K, scale, bias, om, N, n0, nv, none, k0, k1, pm); break;
-      case 4: panel_f32<4, NV, W>(xm, p, K, scale, bias, om, N, n0, nv, none, k0, k1, pm); break;
-      case 5: panel_f32<5, NV, W>(xm, p, K, scale, bias, om, N, n0, nv, none, k0, k1, pm); break;
-      default: break;
-    }
+    with_tail_rows(mc - full, [&](auto r_) {
+      panel_f32<decltype(r_)::value, NV, W>(xm, p, K, scale, bias, om, N, n0, nv, none, k0, k1, pm);
+    });
   }
 }
 #elif defined(__AVX2__) && defined(__FMA__)
@@ -400,14 +409,9 @@ __attribute__((noinline)) void rows_panel(const T* x, const W* p, int64_t mc, in
     panel<T, W, kMR, NV>(x + m * K, p, K, scale, bias, out + m * N, N, n0, nv, pf);
   const T* xm = x + m * K;
   T* om = out + m * N;
-  switch (tail) {
-    case 1: panel<T, W, 1, NV>(xm, p, K, scale, bias, om, N, n0, nv, tail_pf); break;
-    case 2: panel<T, W, 2, NV>(xm, p, K, scale, bias, om, N, n0, nv, tail_pf); break;
-    case 3: panel<T, W, 3, NV>(xm, p, K, scale, bias, om, N, n0, nv, tail_pf); break;
-    case 4: panel<T, W, 4, NV>(xm, p, K, scale, bias, om, N, n0, nv, tail_pf); break;
-    case 5: panel<T, W, 5, NV>(xm, p, K, scale, bias, om, N, n0, nv, tail_pf); break;
-    default: break;
-  }
+  with_tail_rows(tail, [&](auto r_) {
+    panel<T, W, decltype(r_)::value, NV>(xm, p, K, scale, bias, om, N, n0, nv, tail_pf);
+  });
 }
 
 // f(std::integral_constant<int, NV>) for a window of nvec = NV vectors (1..kVecs)
