@@ -127,3 +127,19 @@ def test_stack_matches_eager_forward_directly(tiny_checkpoint: Callable[..., Pat
     model.ops = type(model.ops)(**{**model.ops.__dict__, "decoder_stack": False})
     want = orig(which, x, None, positions, ctx)
     assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_team_decode_bit_identical(threads: int) -> None:
+    """Few-row steps (decodes of 1-3 sequences) run the layers in one OpenMP team, the other
+    threads prefetching their next projection part while thread 0 runs the small ops: on the
+    default model (projections big enough that every thread takes a part), tokens and
+    log-probabilities equal the eager loop's, and the team path really ran."""
+
+    def make(mode: str) -> LLM:
+        return LLM(threads=threads, max_num_seqs=3, overrides=[f"kernels.decoder_stack={mode}"])
+
+    want, got, fast = _pair(make)
+    stack = fast.engine.runner.model.stack_slot.stack
+    assert stack is not None and stack.stack.team_steps() > 0, "the team path never ran"
+    assert got == want

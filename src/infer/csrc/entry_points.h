@@ -12,12 +12,16 @@
 
 #include <torch/extension.h>
 
+#include <atomic>
 #include <cstdint>
 #include <tuple>
 
 namespace infer_ep {
 
-constexpr int64_t kVersion = 1;
+constexpr int64_t kVersion = 2;
+
+// bytes per thread of the band state team_init writes (one cache line each)
+constexpr int64_t kTeamBandBytes = 64;
 
 // quant/csrc/dense_linear_cpu.cpp
 struct DenseLinear {
@@ -30,6 +34,15 @@ struct DenseLinear {
   // (x, packed int4 codes, N, scale, offset, group size, bias) -> [M, N] fp32
   torch::Tensor (*packed_linear_int4)(torch::Tensor, torch::Tensor, int64_t, torch::Tensor,
                                       torch::Tensor, int64_t, torch::Tensor);
+  // team decode on fp32 packed W (the decoder stack's one-team steps):
+  // (bands, N, threads) -> bands used
+  int64_t (*team_init)(void*, int64_t, int64_t);
+  // (x, wp, bias or null, out, M, K, N, bands, bands used, thread id): one thread's part
+  void (*team_linear)(const float*, const float*, const float*, float*, int64_t, int64_t,
+                      int64_t, void*, int64_t, int64_t);
+  // (wp, K, N, thread id, threads, max bytes, flag, until): prefetch the thread's first lines
+  void (*team_preload)(const float*, int64_t, int64_t, int64_t, int64_t, int64_t,
+                       const std::atomic<int64_t>*, int64_t);
 };
 
 // layers/csrc/cpu_model_ops.cpp

@@ -54,6 +54,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <new>
 #include <type_traits>
 #include <vector>
 
@@ -625,6 +626,8 @@ struct alignas(64) Band {        // one per thread, on its own cache line
   std::atomic<uint64_t> range;   // [front, back) of the band's untaken tasks: low | high 32 bits
 };
 
+static_assert(sizeof(Band) <= infer_ep::kTeamBandBytes, "team_init's band state outgrew its slot");
+
 inline uint64_t band_range(int64_t front, int64_t back) {
   return static_cast<uint64_t>(front) | (static_cast<uint64_t>(back) << 32);
 }
@@ -728,6 +731,26 @@ void run(const T* x, const W* wp, const T* bias, T* out, int64_t M, int64_t K, i
                           out + (m0 + r0) * N + n0, N, n0, std::min(kPanel, N - n0), next, panel_bytes);
       });
     });
+  }
+}
+
+// One thread's share of a team GEMV (the decoder stack's team decode, team_linear below):
+// the tasks and bands of balanced_tasks, drained by the calling thread as balanced_tasks'
+// body would be: its own band from the front, then the others' from the back.
+void team_drain(const float* x, const float* wp, const float* bias, float* out, int64_t M,
+                int64_t K, int64_t N, Band* bands, int64_t tid, int64_t nb) {
+  const int64_t panel_elems = K * kPanel;
+  auto f = [&](int64_t p, int64_t j0, int64_t nvec, int64_t np) {
+    const int64_t n0 = p * kPanel;
+    rows_window<float, float>(j0, nvec, x, wp + p * panel_elems, M, K, nullptr, bias, out + n0,
+                              N, n0, std::min(kPanel, N - n0),
+                              np >= 0 ? wp + np * panel_elems : nullptr, panel_elems * 4);
+  };
+  const int64_t own = tid < nb ? tid : nb - 1;
+  if (tid < nb) drain_band(bands[tid], true, f);
+  for (int64_t i = 1; i <= nb; ++i) {
+    const int64_t b = (own + i) % nb;
+    if (b != tid) drain_band(bands[b], false, f);
   }
 }
 
@@ -853,6 +876,56 @@ torch::Tensor packed_linear_int4(torch::Tensor x, torch::Tensor wp, int64_t n, t
   return out;
 }
 
+// ---- Team decode (the decoder stack's few-row steps, fp32 weights) ----------------------
+// The stack runs a whole step's layers in ONE OpenMP team instead of a parallel region per
+// GEMV: thread 0 runs the small ops (norms, rope, KV store, attention) alone while the other
+// threads, instead of idling, read the first lines of their band of the NEXT GEMV into their
+// L2 (team_preload); then every thread takes its part of the GEMV (team_linear). The tasks,
+// bands and stealing are balanced_tasks', so which thread computes a column never changes
+// its sum: outputs are bit-identical to packed_linear's.
+
+// Bands for a GEMV of N columns over nt threads (bands: nt * infer_ep::kTeamBandBytes bytes,
+// 64-byte aligned, zeroed or previously initialized); returns the number of bands used.
+int64_t team_init(void* bands_mem, int64_t N, int64_t nt) {
+  Band* bands = static_cast<Band*>(bands_mem);
+  const int64_t tasks = (N + kPanel - 1) / kPanel * kVecs;
+  const int64_t nb = std::max<int64_t>(1, std::min(nt, tasks));
+  for (int64_t b = 0; b < nb; ++b)
+    bands[b].range.store(band_range(b * tasks / nb, (b + 1) * tasks / nb), std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_release);
+  return nb;
+}
+
+// Thread tid's part of out [M, N] = x [M, K] @ W.T (+ bias) on fp32 packed W (bands from
+// team_init with nb bands; every thread of the team calls it; M <= kMR * threads).
+void team_linear(const float* x, const float* wp, const float* bias, float* out, int64_t M,
+                 int64_t K, int64_t N, void* bands, int64_t nb, int64_t tid) {
+  team_drain(x, wp, bias, out, M, K, N, static_cast<Band*>(bands), tid, nb);
+}
+
+// Reads into this core's caches the lines that thread tid will take first in a GEMV on fp32
+// packed W [N, K] over nt threads (its band's front), at most max_bytes, stopping as soon as
+// *flag reaches `until` (the GEMV is published). A hint only: no value depends on it.
+void team_preload(const float* wp, int64_t K, int64_t N, int64_t tid, int64_t nt,
+                  int64_t max_bytes, const std::atomic<int64_t>* flag, int64_t until) {
+  const int64_t tasks = (N + kPanel - 1) / kPanel * kVecs;
+  const int64_t nb = std::max<int64_t>(1, std::min(nt, tasks));
+  if (tid >= nb) return;
+  const int64_t t0 = tid * tasks / nb, t1 = (tid + 1) * tasks / nb;
+  int64_t lines = max_bytes / 64;
+  for (int64_t t = t0; t < t1 && lines > 0;) {
+    // a piece: the rest of task t's panel within the band (vectors j0 .. j0 + nvec)
+    const int64_t p = t / kVecs, j0 = t % kVecs, nvec = std::min((p + 1) * kVecs, t1) - t;
+    const char* base = reinterpret_cast<const char*>(wp + p * K * kPanel + 16 * j0);
+    for (int64_t k = 0; k < K && lines > 0; ++k) {
+      for (int64_t j = 0; j < nvec; ++j) _mm_prefetch(base + (k * kPanel + 16 * j) * 4, _MM_HINT_T0);
+      lines -= nvec;
+      if ((k & 15) == 0 && flag->load(std::memory_order_acquire) >= until) return;
+    }
+    t += nvec;
+  }
+}
+
 bool has_bf16_simd() {
 #if defined(INFER_DENSE_BF16_SIMD)
   return true;
@@ -863,7 +936,8 @@ bool has_bf16_simd() {
 
 // for the decoder stack (entry_points.h): the same functions, called without Python
 const infer_ep::DenseLinear kEntryPoints{infer_ep::kVersion, &packed_linear, &packed_linear_int8,
-                                         &packed_linear_int4};
+                                         &packed_linear_int4, &team_init, &team_linear,
+                                         &team_preload};
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("entry_points", [] { return reinterpret_cast<int64_t>(&kEntryPoints); },
