@@ -254,6 +254,12 @@ class DecoderStack {
           dense_.team_linear(pub_x, w.wp.data_ptr<float>(), bias_ptr(w), pub_out, t, w.k, w.n,
                              bands, pub_nb, 0);
           finished.fetch_add(1, std::memory_order_acq_rel);
+          // while the others finish: the front of this thread's part of the next projection
+          if (g < g_total && finished.load(std::memory_order_acquire) < g * nt) {
+            const Linear& nx = *seq[g];
+            dense_.team_preload(nx.wp.data_ptr<float>(), nx.k, nx.n, 0, nt, preload_bytes_,
+                                &finished, g * nt);
+          }
           while (finished.load(std::memory_order_acquire) < g * nt) _mm_pause();
           return out;
         };
