@@ -66,7 +66,6 @@ constexpr int64_t kPanel = 64;            // output columns per packed panel
 constexpr int kVecs = kPanel / 16;        // 16-column vectors per panel (a band's unit)
 constexpr int kMR = 6;                    // activation rows per register tile
 constexpr int64_t kChunkElems = 48 << 10; // activation elements per chunk (192 KB of fp32)
-constexpr int64_t kStreamAhead = 2048;    // bytes a one-row fp32 stream prefetches ahead
 constexpr int64_t kCodeStreamAhead = 4096; // bytes a one-row int8 / int4 stream prefetches ahead
 constexpr int64_t kKBlock = 64;           // k rows per block of a k-blocked panel (rows_panel_kblocked)
 constexpr int64_t kKBlockMaxRows = 41;    // most rows that take the k-blocked order
@@ -184,11 +183,10 @@ inline void panel_f32(const float* x, const W* p, int64_t K, const float* scale,
     const W* w = p + k * kPanel;
     __m512 wv[NV];
     for (int j = 0; j < NV; ++j) wv[j] = load_w(w + 16 * j);
-    // one row: each line is used once, and the hardware prefetchers alone left ~1% of the
-    // stream's rate on the table (A/B over the model's decode GEMVs: +1.1-1.3% with lines
-    // 1.5-3 KB ahead into L1; into L2 at 4-8 KB, or non-temporal, was slower)
-    if constexpr (MR == 1 && std::is_same_v<W, float>)
-      for (int j = 0; j < NV; ++j) __builtin_prefetch(reinterpret_cast<const char*>(w + 16 * j) + kStreamAhead, 0, 3);
+    // one fp32 row is left to the hardware prefetchers: software prefetches 2 KB ahead into
+    // L1 gained 1.1-1.3% on the earlier host but cost 3% on the model's decode GEMVs (10% on
+    // the LM head) on the 2 MiB-L2 Xeon (experiments/16-team-decode); into L2 at 4-8 KB, or
+    // non-temporal, was slower on both
     // int8 codes: a k row of the panel is one line. Without this the widening and FMAs of a
     // line and its fetch did not overlap: 1.41x on the model's one-row int8 GEMVs at one thread
     if constexpr (MR == 1 && std::is_same_v<W, int8_t>)
