@@ -8,11 +8,17 @@ first build and each shape's median time. Asserts equal outputs.
     .venv/bin/python experiments/16-team-decode/scripts/ab_gemv_chain.py 2 /tmp/dl_old.cpp /tmp/dl_new.cpp
 
 Arguments: threads, sources."""
-import random, statistics, sys, time
+import random
+import statistics
+import sys
+import time
 from pathlib import Path
+
 import torch
+
 from infer.cpp_ext import load_cpp_extension
 from infer.quant import dense_cpu
+
 torch.set_num_threads(int(sys.argv[1]))
 mods = {Path(s).stem: load_cpp_extension("f32_" + Path(s).stem, Path(s).resolve(), ["-O3", "-march=native"], s) for s in sys.argv[2:]}
 SH = [(960, 576), (576, 576), (3072, 576), (576, 1536)]

@@ -6,11 +6,15 @@ per-round ratio to the first. Asserts equal tokens.
     .venv/bin/python experiments/16-team-decode/scripts/ab_single_builds.py 2 8 /tmp/dl_old.cpp /tmp/dl_new.cpp
 
 Arguments: threads, rounds, sources."""
-import statistics, sys, random
+import random
+import statistics
+import sys
 from pathlib import Path
+
 import infer.quant.dense_cpu as DC
 from infer import LLM, SamplingParams
 from infer.cpp_ext import load_cpp_extension
+
 th = int(sys.argv[1]); rounds = int(sys.argv[2]); srcs = sys.argv[3:]
 sp = SamplingParams(temperature=0, max_tokens=128, ignore_eos=True)
 P = [{"prompt_token_ids": list(range(100, 132))}]

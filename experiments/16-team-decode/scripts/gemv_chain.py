@@ -4,9 +4,15 @@ then each shape's median time and rate.
 
     .venv/bin/python experiments/16-team-decode/scripts/gemv_chain.py 2
 """
-import sys, time, statistics, torch
-from infer.quant import dense_cpu
+import statistics
+import sys
+import time
+
+import torch
+
 from infer import hugepages
+from infer.quant import dense_cpu
+
 torch.set_num_threads(int(sys.argv[1]))
 SH = [(960, 576), (576, 576), (3072, 576), (576, 1536)]
 g = torch.Generator().manual_seed(0)
