@@ -114,7 +114,13 @@ class DecoderStack {
                   "decoder stack: unknown linear kind ", kind);
       *dst[i] = Linear{kind, wp, n, 0, scale, offset, group, bias};
       const int64_t cols = (n + 63) / 64 * 64;
-      if (kind == kDense && wp.scalar_type() == torch::kFloat32 && cols > 0 && wp.numel() % cols == 0)
+      // the team path calls the kernel without packed_linear's checks: take it only for
+      // contiguous fp32 panels and an fp32 [n] contiguous bias (others keep the checked path)
+      const bool bias_ok = !bias.defined() || bias.numel() == 0 ||
+                           (bias.scalar_type() == torch::kFloat32 && bias.numel() == n &&
+                            bias.is_contiguous());
+      if (kind == kDense && wp.scalar_type() == torch::kFloat32 && wp.is_contiguous() &&
+          cols > 0 && wp.numel() % cols == 0 && bias_ok)
         dst[i]->k = wp.numel() / cols;
       else
         all_dense_fp32_ = false;
@@ -216,15 +222,23 @@ class DecoderStack {
       const std::vector<torch::Tensor>& k_caches, const std::vector<torch::Tensor>& v_caches,
       const torch::Tensor& slot_mapping, const torch::Tensor& block_tables,
       const torch::Tensor& query_start_loc, const torch::Tensor& context_lens) const {
-    // the projections in the order thread 0 runs them
-    std::vector<const Linear*> seq;
+    // the projections in the order thread 0 runs them, as raw operands taken before the
+    // region (nothing inside the workers' part can throw a torch error)
+    struct Proj {
+      const Linear* lin;
+      const float* wp;
+      const float* bias;
+      int64_t k, n;
+    };
+    std::vector<Proj> seq;
     for (const int64_t idx : which) {
       const Layer& l = layers_[idx];
-      seq.insert(seq.end(), {&l.qkv, &l.o, &l.gate_up, &l.down});
+      for (const Linear* w : {&l.qkv, &l.o, &l.gate_up, &l.down})
+        seq.push_back({w, w->wp.data_ptr<float>(), bias_ptr(*w), w->k, w->n});
     }
     const int64_t want = at::get_num_threads(), g_total = static_cast<int64_t>(seq.size());
     // shared state: the projection published last (go), parts finished, the published
-    // operands, the bands (one line per thread)
+    // operands, the bands (one line per thread), the first error of each thread
     alignas(64) std::atomic<int64_t> go{0};
     alignas(64) std::atomic<int64_t> finished{0};
     alignas(64) std::atomic<bool> abort{false};
@@ -234,7 +248,7 @@ class DecoderStack {
     std::unique_ptr<char[]> band_mem(new char[(want + 1) * infer_ep::kTeamBandBytes]);
     void* bands = reinterpret_cast<void*>(
         (reinterpret_cast<uintptr_t>(band_mem.get()) + 63) & ~uintptr_t{63});
-    std::exception_ptr error;
+    std::vector<std::exception_ptr> errors(want);
     torch::Tensor res = residual.has_value() ? *residual : torch::Tensor();
     const int64_t t = x.size(0);
     team_steps_ += 1;
@@ -244,23 +258,33 @@ class DecoderStack {
       if (tid == 0) {
         int64_t g = 0;
         const auto lin = [&](const torch::Tensor& a, const Linear& w) {
-          TORCH_CHECK(g < g_total && seq[g] == &w, "decoder stack: team projection out of order");
+          // checked before publishing: a throw here leaves the others waiting on `go`
+          TORCH_CHECK(g < g_total && seq[g].lin == &w, "decoder stack: team projection out of order");
+          const Proj& pr = seq[g];
+          TORCH_CHECK(a.dim() == 2 && a.size(0) == t && a.size(1) == pr.k &&
+                          a.scalar_type() == torch::kFloat32,
+                      "decoder stack: projection input must be fp32 [", t, ", ", pr.k, "]");
           const torch::Tensor xa = a.contiguous();
-          torch::Tensor out = torch::empty({t, w.n}, xa.options());
+          torch::Tensor out = torch::empty({t, pr.n}, xa.options());
           pub_x = xa.data_ptr<float>();
           pub_out = out.data_ptr<float>();
-          pub_nb = dense_.team_init(bands, w.n, nt);
+          pub_nb = dense_.team_init(bands, pr.n, nt);
           go.store(++g, std::memory_order_release);
-          dense_.team_linear(pub_x, w.wp.data_ptr<float>(), bias_ptr(w), pub_out, t, w.k, w.n,
-                             bands, pub_nb, 0);
+          // published: xa and out must outlive every thread's part, so no early exit from here
+          std::exception_ptr err;
+          try {
+            dense_.team_linear(pub_x, pr.wp, pr.bias, pub_out, t, pr.k, pr.n, bands, pub_nb, 0);
+          } catch (...) {
+            err = std::current_exception();
+          }
           finished.fetch_add(1, std::memory_order_acq_rel);
           // while the others finish: the front of this thread's part of the next projection
           if (g < g_total && finished.load(std::memory_order_acquire) < g * nt) {
-            const Linear& nx = *seq[g];
-            dense_.team_preload(nx.wp.data_ptr<float>(), nx.k, nx.n, 0, nt, preload_bytes_,
-                                &finished, g * nt);
+            const Proj& nx = seq[g];
+            dense_.team_preload(nx.wp, nx.k, nx.n, 0, nt, preload_bytes_, &finished, g * nt);
           }
           while (finished.load(std::memory_order_acquire) < g * nt) _mm_pause();
+          if (err) std::rethrow_exception(err);
           return out;
         };
         try {
@@ -268,23 +292,29 @@ class DecoderStack {
             layer(layers_[which[li]], x, res, positions, cos_sin, k_caches[li], v_caches[li],
                   slot_mapping, block_tables, query_start_loc, context_lens, lin);
         } catch (...) {
-          error = std::current_exception();
+          errors[0] = std::current_exception();
         }
         abort.store(true, std::memory_order_release);
       } else {
         for (int64_t g = 1; g <= g_total; ++g) {
-          const Linear& w = *seq[g - 1];
-          dense_.team_preload(w.wp.data_ptr<float>(), w.k, w.n, tid, nt, preload_bytes_, &go, g);
+          const Proj& pr = seq[g - 1];
+          dense_.team_preload(pr.wp, pr.k, pr.n, tid, nt, preload_bytes_, &go, g);
           while (go.load(std::memory_order_acquire) < g && !abort.load(std::memory_order_acquire))
             _mm_pause();
           if (go.load(std::memory_order_acquire) < g) break;  // thread 0 stopped (an error)
-          dense_.team_linear(pub_x, w.wp.data_ptr<float>(), bias_ptr(w), pub_out, t, w.k, w.n,
-                             bands, pub_nb, tid);
+          // an error (e.g. out of memory for a thread's buffer) must not leave the region;
+          // the part still counts as finished so thread 0 does not wait forever
+          try {
+            dense_.team_linear(pub_x, pr.wp, pr.bias, pub_out, t, pr.k, pr.n, bands, pub_nb, tid);
+          } catch (...) {
+            if (!errors[tid]) errors[tid] = std::current_exception();
+          }
           finished.fetch_add(1, std::memory_order_acq_rel);
         }
       }
     }
-    if (error) std::rethrow_exception(error);
+    for (const auto& e : errors)
+      if (e) std::rethrow_exception(e);
     return {x, res};
   }
 

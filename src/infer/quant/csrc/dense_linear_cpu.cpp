@@ -888,8 +888,10 @@ int64_t team_init(void* bands_mem, int64_t N, int64_t nt) {
   Band* bands = static_cast<Band*>(bands_mem);
   const int64_t tasks = (N + kPanel - 1) / kPanel * kVecs;
   const int64_t nb = std::max<int64_t>(1, std::min(nt, tasks));
-  for (int64_t b = 0; b < nb; ++b)
+  for (int64_t b = 0; b < nb; ++b) {
+    new (&bands[b]) Band;  // the caller's raw bytes become a Band (trivially destructible)
     bands[b].range.store(band_range(b * tasks / nb, (b + 1) * tasks / nb), std::memory_order_relaxed);
+  }
   std::atomic_thread_fence(std::memory_order_release);
   return nb;
 }
