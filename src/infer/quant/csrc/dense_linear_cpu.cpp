@@ -657,6 +657,20 @@ void drain_band(Band& band, bool owner, F& f) {
   }
 }
 
+// Bands [b * tasks / nb, (b + 1) * tasks / nb) for b < nb.
+inline void init_bands(Band* bands, int64_t tasks, int64_t nb) {
+  for (int64_t b = 0; b < nb; ++b)
+    bands[b].range.store(band_range(b * tasks / nb, (b + 1) * tasks / nb), std::memory_order_relaxed);
+}
+
+// A thread owning bands [b0, b1) of nb: drains its own from the front, then takes what is
+// left of every band from the back (b0 == b1 == nb: a thread without a band only takes).
+template <typename F>
+void drain_bands(Band* bands, int64_t b0, int64_t b1, int64_t nb, F& f) {
+  for (int64_t b = b0; b < b1; ++b) drain_band(bands[b], true, f);
+  for (int64_t i = 1; i <= nb; ++i) drain_band(bands[(b1 - 1 + i) % nb], false, f);
+}
+
 // Runs every vector of `panels` panels over the intra-op threads as above (callers use it
 // with two or more threads).
 template <typename F>
@@ -664,13 +678,9 @@ void balanced_tasks(int64_t panels, F&& f) {
   const int64_t tasks = panels * kVecs;
   const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), tasks));
   std::unique_ptr<Band[]> bands(new Band[nt]);
-  for (int64_t b = 0; b < nt; ++b)
-    bands[b].range.store(band_range(b * tasks / nt, (b + 1) * tasks / nt), std::memory_order_relaxed);
+  init_bands(bands.get(), tasks, nt);
   // grain 1 over nt items: each thread one band (run inline on one thread, all of them)
-  at::parallel_for(0, nt, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) drain_band(bands[b], true, f);
-    for (int64_t i = 1; i < nt; ++i) drain_band(bands[(b1 - 1 + i) % nt], false, f);
-  });
+  at::parallel_for(0, nt, 1, [&](int64_t b0, int64_t b1) { drain_bands(bands.get(), b0, b1, nt, f); });
 }
 
 // Vectors [j0, j0 + nvec) of int4 panel p for M (1 or 2) rows; the other arguments as for a
@@ -744,12 +754,8 @@ void team_drain(const float* x, const float* wp, const float* bias, float* out, 
                               N, n0, std::min(kPanel, N - n0),
                               np >= 0 ? wp + np * panel_elems : nullptr, panel_elems * 4);
   };
-  const int64_t own = tid < nb ? tid : nb - 1;
-  if (tid < nb) drain_band(bands[tid], true, f);
-  for (int64_t i = 1; i <= nb; ++i) {
-    const int64_t b = (own + i) % nb;
-    if (b != tid) drain_band(bands[b], false, f);
-  }
+  const int64_t own = std::min(tid, nb);
+  drain_bands(bands, own, tid < nb ? own + 1 : own, nb, f);
 }
 
 void run_int4(const float* x, const float* xsum, const uint8_t* wp, const float* sc,
@@ -888,10 +894,8 @@ int64_t team_init(void* bands_mem, int64_t N, int64_t nt) {
   Band* bands = static_cast<Band*>(bands_mem);
   const int64_t tasks = (N + kPanel - 1) / kPanel * kVecs;
   const int64_t nb = std::max<int64_t>(1, std::min(nt, tasks));
-  for (int64_t b = 0; b < nb; ++b) {
-    new (&bands[b]) Band;  // the caller's raw bytes become a Band (trivially destructible)
-    bands[b].range.store(band_range(b * tasks / nb, (b + 1) * tasks / nb), std::memory_order_relaxed);
-  }
+  for (int64_t b = 0; b < nb; ++b) new (&bands[b]) Band;  // raw bytes -> Bands (trivially destructible)
+  init_bands(bands, tasks, nb);
   std::atomic_thread_fence(std::memory_order_release);
   return nb;
 }
